@@ -1,0 +1,68 @@
+"""attnfast: see where a language model's attention goes, at production scale.
+
+The public API lives here; the Rust extension ``attnfast._core`` is private.
+
+>>> import numpy as np, attnfast
+>>> attn = np.full((2, 4, 64), 1 / 64, dtype=np.float32)  # one step: 2 layers, 4 heads, 64 keys
+>>> fp = attnfast.compute_fingerprints(attn)
+>>> fp.shape
+(1, 20)
+>>> attnfast.zone_of(fp)[0].tolist()
+['semantic_bridge']
+"""
+
+from __future__ import annotations
+
+from attnfast import _core
+from attnfast.exceptions import (
+    AttentionValueError,
+    AttnfastError,
+    BlobError,
+    DtypeError,
+    InvalidInputError,
+    LayoutError,
+    ShapeError,
+)
+from attnfast.fingerprint import (
+    FINGERPRINT_BYTES,
+    FINGERPRINT_DIM,
+    FINGERPRINT_FIELDS,
+    ZONES,
+    compute_fingerprints,
+    fingerprint_from_topk,
+    pack_fingerprints,
+    unpack_fingerprints,
+    zone_of,
+)
+from attnfast.layout import Layout
+
+__version__: str = _core.__version__
+
+
+def build_info() -> dict[str, object]:
+    """What this build of the core uses: version, vector path, threads."""
+    simd, threads = _core.build_info()
+    return {"version": __version__, "simd": simd, "threads": threads}
+
+
+__all__ = [
+    "FINGERPRINT_BYTES",
+    "FINGERPRINT_DIM",
+    "FINGERPRINT_FIELDS",
+    "ZONES",
+    "AttentionValueError",
+    "AttnfastError",
+    "BlobError",
+    "DtypeError",
+    "InvalidInputError",
+    "Layout",
+    "LayoutError",
+    "ShapeError",
+    "__version__",
+    "build_info",
+    "compute_fingerprints",
+    "fingerprint_from_topk",
+    "pack_fingerprints",
+    "unpack_fingerprints",
+    "zone_of",
+]

@@ -1,0 +1,15 @@
+"""The ``attnfast`` command. Each group of commands lives in its own module and registers
+itself on :data:`app`."""
+
+from __future__ import annotations
+
+from attnfast.cli import core_cmds, fingerprint_cmds  # noqa: F401  (registers commands)
+from attnfast.cli._app import app
+
+
+def main() -> None:
+    """Entry point of the ``attnfast`` script."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,46 @@
+"""The exceptions attnfast raises. Every one derives from :class:`AttnfastError`; bad input also
+derives from :class:`ValueError`, so ``except ValueError`` keeps working for callers that do not
+know attnfast."""
+
+from __future__ import annotations
+
+
+class AttnfastError(Exception):
+    """Base class of every error attnfast raises on purpose."""
+
+
+class InvalidInputError(AttnfastError, ValueError):
+    """Input that attnfast refuses. The message names what was wrong and where."""
+
+
+class AttentionValueError(InvalidInputError):
+    """An attention weight or position is unusable: NaN, infinite, negative, a row summing to
+    zero, a position outside the context, a repeated top-k position."""
+
+
+class ShapeError(InvalidInputError):
+    """Arrays whose shapes disagree or have the wrong number of dimensions."""
+
+
+class DtypeError(InvalidInputError):
+    """An array of a dtype attnfast cannot read as attention (integers, complex, objects)."""
+
+
+class BlobError(InvalidInputError):
+    """A packed fingerprint blob that is not whole rows, or holds non-finite values."""
+
+
+class LayoutError(InvalidInputError):
+    """A fingerprint layout name or code that this version does not know, or one used where
+    another is required."""
+
+
+__all__ = [
+    "AttentionValueError",
+    "AttnfastError",
+    "BlobError",
+    "DtypeError",
+    "InvalidInputError",
+    "LayoutError",
+    "ShapeError",
+]

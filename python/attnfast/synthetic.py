@@ -1,0 +1,85 @@
+"""Generated attention with known structure, for the demo, tests and benchmarks.
+
+Each pattern is a causal batch ``(T, L, H, N)``: step ``t`` queries from position
+``N - T + t`` and puts no weight on later keys. Heads differ by temperature and a little noise,
+so the patterns look like attention rather than one row repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from attnfast.exceptions import ShapeError
+
+Logits = Callable[[NDArray[np.float64]], NDArray[np.float64]]
+
+
+def _local(d: NDArray[np.float64]) -> NDArray[np.float64]:
+    # The previous few tokens: brackets, word pieces.
+    return -d / 1.5
+
+
+def _periodic(d: NDArray[np.float64]) -> NDArray[np.float64]:
+    # Rows of a table 300 tokens wide: the same column in earlier rows.
+    phase = np.minimum(d % 300, 300 - d % 300)
+    return np.where(d >= 150, 6.0 - phase / 2.0, -12.0)
+
+
+def _long_range(d: NDArray[np.float64]) -> NDArray[np.float64]:
+    # Copying from a span about 600 tokens back.
+    return 5.0 - np.abs(d - 600.0) / 4.0
+
+
+def _mid_range(d: NDArray[np.float64]) -> NDArray[np.float64]:
+    # Retrieval from the previous sentence or two: 40 to 200 tokens back.
+    return np.where((d >= 40) & (d < 200), 2.0, -4.0) - d / 400.0
+
+
+def _diffuse(d: NDArray[np.float64]) -> NDArray[np.float64]:
+    # No preference at all.
+    return np.zeros_like(d)
+
+
+#: Pattern name -> (description, logits by distance).
+PATTERNS: dict[str, tuple[str, Logits]] = {
+    "local": ("previous few tokens (brackets, word pieces)", _local),
+    "periodic": ("same column of a 300-token-wide table", _periodic),
+    "long-range": ("copying from a span ~600 tokens back", _long_range),
+    "mid-range": ("retrieval 40-200 tokens back", _mid_range),
+    "diffuse": ("uniform over the whole context", _diffuse),
+}
+
+
+def attention_pattern(
+    name: str,
+    *,
+    steps: int = 16,
+    layers: int = 4,
+    heads: int = 4,
+    context: int = 1024,
+    seed: int = 0,
+    dtype: type[np.floating] = np.float32,
+) -> NDArray[np.floating]:
+    """A ``(steps, layers, heads, context)`` causal attention batch of the named pattern."""
+    if name not in PATTERNS:
+        raise ShapeError(f"unknown attention pattern {name!r}; known: {', '.join(PATTERNS)}")
+    if steps > context:
+        raise ShapeError(f"{steps} steps do not fit in a context of {context} keys")
+    rng = np.random.default_rng(seed)
+    queries = context - steps + np.arange(steps)
+    distance = queries[:, None] - np.arange(context)[None, :]  # (T, N); negative = future
+    logits = PATTERNS[name][1](np.abs(distance).astype(np.float64))
+    temperature = rng.uniform(0.7, 1.3, size=(1, layers, heads, 1))
+    noise = rng.normal(0.0, 0.3, size=(steps, layers, heads, context))
+    z = logits[:, None, None, :] / temperature + noise
+    z = np.where(distance[:, None, None, :] < 0, -np.inf, z)
+    z -= z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    return p.astype(dtype)
+
+
+__all__ = ["PATTERNS", "attention_pattern"]
