@@ -121,19 +121,28 @@ def main() -> None:
     }
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "fingerprints.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    report = json.dumps({"machine": machine, "rows": rows}, indent=2)
+    (out_dir / "fingerprints.json").write_text(report)
     print(f"machine: {machine}\n")
+    threads = info["threads"]
     print(
         "| (T, L, H, N) | dtype | input | numpy GB/s | attnfast 1 thread GB/s | "
-        f"attnfast {info['threads']} threads GB/s | x numpy (1 thread) | x numpy (all) | max diff |"
+        f"attnfast {threads} threads GB/s | x numpy (1 thread) | x numpy (all) | max diff |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(
-            f"| {tuple(r['shape'])} | {r['dtype']} | {r['input_gb']:.2f} GB | "
-            f"{r['numpy_gbps']:.2f} | {r['attnfast_1thread_gbps']:.2f} | {r['attnfast_gbps']:.2f} | "
-            f"{r['speedup_1thread']:.0f}x | {r['speedup']:.0f}x | {r['max_abs_diff_vs_numpy']:.1e} |"
-        )
+        cells = [
+            str(tuple(r["shape"])),
+            r["dtype"],
+            f"{r['input_gb']:.2f} GB",
+            f"{r['numpy_gbps']:.2f}",
+            f"{r['attnfast_1thread_gbps']:.2f}",
+            f"{r['attnfast_gbps']:.2f}",
+            f"{r['speedup_1thread']:.0f}x",
+            f"{r['speedup']:.0f}x",
+            f"{r['max_abs_diff_vs_numpy']:.1e}",
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
