@@ -3,6 +3,7 @@ summarise where one decode step's attention went."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -85,13 +86,13 @@ def fingerprint_from_topk(
     q = _query_positions(query_position, pos.shape[0])
     if q is None:
         raise ShapeError("query_position is required for top-k input")
-    if isinstance(context_length, bool) or int(context_length) != context_length:
-        raise ShapeError(f"context_length must be an integer, got {context_length!r}")
-    if context_length < 1:
-        raise ShapeError(f"context_length must be at least 1, got {context_length}")
-    return _core.fingerprints_topk(
-        np.ascontiguousarray(pos), np.ascontiguousarray(sc), q, int(context_length)
-    )
+    try:
+        n = operator.index(context_length)
+    except TypeError:
+        raise ShapeError(f"context_length must be an integer, got {context_length!r}") from None
+    if n < 1:
+        raise ShapeError(f"context_length must be at least 1, got {n}")
+    return _core.fingerprints_topk(np.ascontiguousarray(pos), np.ascontiguousarray(sc), q, n)
 
 
 def pack_fingerprints(fps: Any, layout: Layout | str | int = Layout.V1) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
@@ -32,6 +32,3 @@ def user_errors() -> Iterator[None]:
     except (AttnfastError, FileNotFoundError, IsADirectoryError) as e:
         err_console.print(f"[bold red]error:[/bold red] {e}")
         raise typer.Exit(code=2) from e
-
-
-Command = Callable[..., None]

@@ -9,28 +9,19 @@ pyo3::import_exception!(attnfast.exceptions, ShapeError);
 pyo3::import_exception!(attnfast.exceptions, BlobError);
 pyo3::import_exception!(attnfast.exceptions, LayoutError);
 
-pub struct CoreErr(pub CoreError);
-
-impl From<CoreError> for CoreErr {
-    fn from(e: CoreError) -> Self {
-        CoreErr(e)
+/// The Python exception for a core error.
+fn to_py_err(e: CoreError) -> PyErr {
+    match e {
+        CoreError::AttentionValue(m) => AttentionValueError::new_err(m),
+        CoreError::Shape(m) => ShapeError::new_err(m),
+        CoreError::Blob(m) => BlobError::new_err(m),
+        CoreError::Layout(m) => LayoutError::new_err(m),
     }
 }
 
-impl From<CoreErr> for PyErr {
-    fn from(CoreErr(e): CoreErr) -> PyErr {
-        match e {
-            CoreError::AttentionValue(m) => AttentionValueError::new_err(m),
-            CoreError::Shape(m) => ShapeError::new_err(m),
-            CoreError::Blob(m) => BlobError::new_err(m),
-            CoreError::Layout(m) => LayoutError::new_err(m),
-        }
-    }
-}
-
-/// Shorthand for converting a core result.
+/// Converts a core result (the orphan rule forbids `impl From<CoreError> for PyErr` here).
 pub fn py<T>(r: attnfast_core::Result<T>) -> Result<T, PyErr> {
-    r.map_err(|e| CoreErr(e).into())
+    r.map_err(to_py_err)
 }
 
 /// A `ShapeError` with a message, for checks done in the bindings themselves.

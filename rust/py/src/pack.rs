@@ -1,6 +1,6 @@
 //! Packing to and from the 80-byte little-endian rows.
 
-use attnfast_core::{FINGERPRINT_DIM, Layout, pack};
+use attnfast_core::{Layout, pack};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -41,7 +41,6 @@ pub fn unpack_fingerprints<'py>(
     let layout = py(Layout::from_code(layout))?;
     let values = py(py_.detach(|| pack::unpack(blob, layout)))?;
     let dim = layout.dim();
-    debug_assert_eq!(dim, FINGERPRINT_DIM);
     let array = Array2::from_shape_vec((values.len() / dim, dim), values)
         .map_err(|e| shape_error(e.to_string()))?;
     Ok(array.into_pyarray(py_))

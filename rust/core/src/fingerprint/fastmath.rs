@@ -1,4 +1,4 @@
-//! Branch-free scalar maths that LLVM vectorises: a natural log and float16 widening.
+//! Branch-free scalar maths that LLVM vectorises.
 
 /// Fused multiply-add when the target has FMA, else a multiply and an add. `FMA` is a const so
 /// the baseline build never calls libm's slow software `fmaf`.
@@ -36,30 +36,6 @@ pub fn ln<const FMA: bool>(x: f32) -> f32 {
     madd::<FMA>(k as f32, std::f32::consts::LN_2, ln_m)
 }
 
-/// IEEE binary16 bits to f32, exact for every input including subnormals, infinities and NaN.
-/// Only integer operations and one subtraction of normal floats, so it is immune to
-/// denormals-are-zero modes and vectorises on every target.
-#[inline(always)]
-pub fn f16_bits_to_f32(h: u16) -> f32 {
-    let h = h as u32;
-    let sign = (h & 0x8000) << 16;
-    let em = h & 0x7fff;
-    let shifted = em << 13;
-    // Normal: rebias the exponent from 15 to 127.
-    let normal = shifted + (112 << 23);
-    // Subnormal: 2^-14 * (1 + mant/1024) - 2^-14 = mant * 2^-24, exactly.
-    let sub = (f32::from_bits(shifted | (113 << 23)) - f32::from_bits(113 << 23)).to_bits();
-    let special = 0x7f80_0000 | (shifted & 0x007f_ffff);
-    let bits = if em < 0x0400 {
-        sub
-    } else if em >= 0x7c00 {
-        special
-    } else {
-        normal
-    };
-    f32::from_bits(bits | sign)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,18 +66,5 @@ mod tests {
         assert!(ln::<true>(0.0) < -80.0);
         let tiny = f32::from_bits(1);
         assert!((tiny * ln::<false>(tiny)).abs() < 1e-40);
-    }
-
-    #[test]
-    fn f16_widening_is_exact_for_every_bit_pattern() {
-        for bits in 0..=u16::MAX {
-            let want = half::f16::from_bits(bits).to_f32();
-            let got = f16_bits_to_f32(bits);
-            if want.is_nan() {
-                assert!(got.is_nan(), "{bits:#06x}");
-            } else {
-                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
-            }
-        }
     }
 }
