@@ -1,6 +1,7 @@
 //! Fingerprint computation. The Python wrapper (`attnfast/fingerprint.py`) handles dtypes and
 //! torch tensors; these take C-contiguous numpy arrays without copying them.
 
+use attnfast_core::FINGERPRINT_DIM;
 use attnfast_core::fingerprint::{self, AttnShape, Element, TopkShape};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -54,12 +55,16 @@ fn dense<'py, E: Element + numpy::Element>(
     let data = contiguous(&attn, "attention")?;
     let q = queries(&query_positions)?;
     let out = py_.detach(|| fingerprint::compute_dense(data, shape, q.as_deref()));
-    to_rows(py_, py(out)?)
+    to_rows(py_, py(out)?, FINGERPRINT_DIM)
 }
 
-fn to_rows(py_: Python<'_>, flat: Vec<f32>) -> PyResult<Bound<'_, PyArray2<f32>>> {
-    let rows = flat.len() / attnfast_core::FINGERPRINT_DIM;
-    let array = Array2::from_shape_vec((rows, attnfast_core::FINGERPRINT_DIM), flat)
+/// A `(len / width, width)` float32 array that takes ownership of `flat` (no copy).
+pub fn to_rows(
+    py_: Python<'_>,
+    flat: Vec<f32>,
+    width: usize,
+) -> PyResult<Bound<'_, PyArray2<f32>>> {
+    let array = Array2::from_shape_vec((flat.len() / width, width), flat)
         .map_err(|e| shape_error(e.to_string()))?;
     Ok(array.into_pyarray(py_))
 }
@@ -121,7 +126,7 @@ pub fn fingerprints_topk<'py>(
         .as_slice()
         .map_err(|_| shape_error("query_positions must be a contiguous int64 array"))?;
     let out = py_.detach(|| fingerprint::compute_sparse(pos, sc, shape, q, context_length));
-    to_rows(py_, py(out)?)
+    to_rows(py_, py(out)?, FINGERPRINT_DIM)
 }
 
 /// Caps the vector path (`"baseline"`, `"avx2+fma"`, `"avx512"`); tests use it to run every

@@ -1,12 +1,12 @@
 //! Packing to and from the 80-byte little-endian rows.
 
 use attnfast_core::{Layout, pack};
-use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::error::{py, shape_error};
+use crate::fingerprint::to_rows;
 
 /// Packs `(T, dim)` float32 rows of the layout with code `layout` into bytes.
 #[pyfunction]
@@ -40,8 +40,5 @@ pub fn unpack_fingerprints<'py>(
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let layout = py(Layout::from_code(layout))?;
     let values = py(py_.detach(|| pack::unpack(blob, layout)))?;
-    let dim = layout.dim();
-    let array = Array2::from_shape_vec((values.len() / dim, dim), values)
-        .map_err(|e| shape_error(e.to_string()))?;
-    Ok(array.into_pyarray(py_))
+    to_rows(py_, values, layout.dim())
 }

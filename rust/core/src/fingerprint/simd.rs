@@ -1,6 +1,7 @@
 //! Run-time choice of the vector path: the best the CPU has, capped by `set_limit` (tests use
 //! the cap to run every path on one machine).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Vector paths, slowest first.
@@ -35,29 +36,28 @@ pub fn set_limit(limit: Level) {
     LIMIT.store(limit as u8, Ordering::Relaxed);
 }
 
-/// The best path this CPU supports.
+/// The best path this CPU supports, detected once.
 pub fn detected() -> Level {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx2") && has!("fma") {
-            return if has!("avx512f") {
-                Level::Avx512
-            } else {
-                Level::Avx2Fma
-            };
+    static DETECTED: OnceLock<Level> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return if has!("avx512f") {
+                    Level::Avx512
+                } else {
+                    Level::Avx2Fma
+                };
+            }
         }
-    }
-    Level::Baseline
+        Level::Baseline
+    })
 }
 
-/// The path in use: the detected one, capped.
+/// The path in use: the detected one, capped. Called once per step, so it is two loads.
 #[inline]
 pub fn level() -> Level {
-    let limit = LIMIT.load(Ordering::Relaxed);
-    Level::ALL
-        .into_iter()
-        .filter(|&l| l as u8 <= limit && l <= detected())
-        .max()
-        .unwrap_or(Level::Baseline)
+    let limit = Level::ALL[LIMIT.load(Ordering::Relaxed) as usize];
+    limit.min(detected())
 }
