@@ -19,9 +19,11 @@ from attnfast.exceptions import (
     AttnfastError,
     BlobError,
     DtypeError,
+    DuplicateStepError,
     InvalidInputError,
     LayoutError,
     ShapeError,
+    StoreError,
 )
 from attnfast.fingerprint import (
     FINGERPRINT_BYTES,
@@ -35,6 +37,7 @@ from attnfast.fingerprint import (
     zone_of,
 )
 from attnfast.layout import Layout
+from attnfast.store import FingerprintStore
 
 __version__: str = _core.__version__
 
@@ -54,10 +57,13 @@ __all__ = [
     "AttnfastError",
     "BlobError",
     "DtypeError",
+    "DuplicateStepError",
+    "FingerprintStore",
     "InvalidInputError",
     "Layout",
     "LayoutError",
     "ShapeError",
+    "StoreError",
     "__version__",
     "build_info",
     "compute_fingerprints",

@@ -35,12 +35,24 @@ class LayoutError(InvalidInputError):
     another is required."""
 
 
+class StoreError(AttnfastError):
+    """The store could not open, read or write its database, or is closed. The message names the
+    file and says which rows, if any, were not stored."""
+
+
+class DuplicateStepError(StoreError):
+    """Under ``on_duplicate="error"``: rows repeated a stored ``(request_id, step)``. They were
+    not written; the stored rows and the other rows of their batches were."""
+
+
 __all__ = [
     "AttentionValueError",
     "AttnfastError",
     "BlobError",
     "DtypeError",
+    "DuplicateStepError",
     "InvalidInputError",
     "LayoutError",
     "ShapeError",
+    "StoreError",
 ]

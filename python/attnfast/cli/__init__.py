@@ -3,7 +3,7 @@ itself on :data:`app`."""
 
 from __future__ import annotations
 
-from attnfast.cli import core_cmds, fingerprint_cmds  # noqa: F401  (registers commands)
+from attnfast.cli import core_cmds, fingerprint_cmds, store_cmds  # noqa: F401  (registers commands)
 from attnfast.cli._app import app
 
 

@@ -17,6 +17,29 @@ pub enum CoreError {
     /// A layout name or code that this version does not know.
     #[error("{0}")]
     Layout(String),
+    /// Any other refused input: an empty request id, an unknown zone or phase name, columns of
+    /// different lengths.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database could not be opened, read or written (I/O, corruption, a closed store).
+    #[error("{0}")]
+    Store(String),
+    /// Rows whose `(request_id, step)` was already stored, under the `error` duplicate policy.
+    /// The other rows of their batches were committed.
+    #[error("{0}")]
+    Duplicate(String),
+}
+
+impl From<rusqlite::Error> for CoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        CoreError::Store(format!("SQLite: {e}"))
+    }
+}
+
+impl From<std::io::Error> for CoreError {
+    fn from(e: std::io::Error) -> Self {
+        CoreError::Store(format!("I/O: {e}"))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, CoreError>;

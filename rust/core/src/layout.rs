@@ -4,9 +4,10 @@
 use crate::error::{CoreError, Result};
 
 /// A fingerprint layout that attnfast can store and unpack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Layout {
     /// attnfast's native layout (`shared/specs/fingerprint-v1.md`), the seed's schema version 1.
+    #[default]
     V1,
     /// The 20 floats that the SGLang attention-explorer server sends:
     /// `[local(<8), mid(8..255), long(>=256), entropy/ln16, hist16]`.

@@ -19,6 +19,7 @@ pub mod fingerprint;
 pub mod layout;
 pub mod pack;
 pub mod parallel;
+pub mod store;
 pub mod zone;
 
 pub use error::{CoreError, Result};

@@ -8,6 +8,9 @@ pyo3::import_exception!(attnfast.exceptions, AttentionValueError);
 pyo3::import_exception!(attnfast.exceptions, ShapeError);
 pyo3::import_exception!(attnfast.exceptions, BlobError);
 pyo3::import_exception!(attnfast.exceptions, LayoutError);
+pyo3::import_exception!(attnfast.exceptions, InvalidInputError);
+pyo3::import_exception!(attnfast.exceptions, StoreError);
+pyo3::import_exception!(attnfast.exceptions, DuplicateStepError);
 
 /// The Python exception for a core error.
 fn to_py_err(e: CoreError) -> PyErr {
@@ -16,6 +19,9 @@ fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Shape(m) => ShapeError::new_err(m),
         CoreError::Blob(m) => BlobError::new_err(m),
         CoreError::Layout(m) => LayoutError::new_err(m),
+        CoreError::Invalid(m) => InvalidInputError::new_err(m),
+        CoreError::Store(m) => StoreError::new_err(m),
+        CoreError::Duplicate(m) => DuplicateStepError::new_err(m),
     }
 }
 
@@ -27,4 +33,9 @@ pub fn py<T>(r: attnfast_core::Result<T>) -> Result<T, PyErr> {
 /// A `ShapeError` with a message, for checks done in the bindings themselves.
 pub fn shape_error(msg: impl Into<String>) -> PyErr {
     ShapeError::new_err(msg.into())
+}
+
+/// An `InvalidInputError` with a message, for checks done in the bindings themselves.
+pub fn invalid_error(msg: impl Into<String>) -> PyErr {
+    InvalidInputError::new_err(msg.into())
 }

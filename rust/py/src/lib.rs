@@ -4,6 +4,7 @@
 mod error;
 mod fingerprint;
 mod pack;
+mod store;
 mod zone;
 
 use pyo3::prelude::*;
@@ -16,6 +17,8 @@ mod _core {
     use fingerprint::{fingerprints_f16, fingerprints_f32, fingerprints_topk, set_simd_limit};
     #[pymodule_export]
     use pack::{pack_fingerprints, unpack_fingerprints};
+    #[pymodule_export]
+    use store::PyStore;
     #[pymodule_export]
     use zone::zone_codes;
 

@@ -1,0 +1,258 @@
+//! A batch of rows on its way to the writer: columns, checked in the caller's thread so that
+//! bad input fails at `append` (naming the row) instead of later in the background.
+
+use crate::error::{CoreError, Result};
+use crate::fingerprint::FINGERPRINT_DIM;
+use crate::layout::Layout;
+use crate::zone::{Zone, zone_of};
+
+/// Codes of the seed's `think_phase` values, in the order of its CHECK.
+pub const THINK_PHASES: [&str; 3] = ["think", "output", "unknown"];
+
+/// A text column: one value for every row (a model id), or one per row.
+#[derive(Debug, Clone)]
+pub enum TextColumn {
+    Same(String),
+    Rows(Vec<Option<String>>),
+}
+
+impl TextColumn {
+    pub fn get(&self, row: usize) -> Option<&str> {
+        match self {
+            TextColumn::Same(s) => Some(s),
+            TextColumn::Rows(v) => v[row].as_deref(),
+        }
+    }
+
+    fn len(&self) -> Option<usize> {
+        match self {
+            TextColumn::Same(_) => None,
+            TextColumn::Rows(v) => Some(v.len()),
+        }
+    }
+}
+
+/// A list per row (top-k positions, layer ids), Arrow style: row `i` is
+/// `values[offsets[i]..offsets[i + 1]]`; an empty row is NULL.
+#[derive(Debug, Clone, Default)]
+pub struct ListColumn<T> {
+    pub offsets: Vec<usize>,
+    pub values: Vec<T>,
+}
+
+impl<T: Copy> ListColumn<T> {
+    pub fn row(&self, i: usize) -> &[T] {
+        &self.values[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    fn rows(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+}
+
+/// One batch of rows. `fingerprints` holds `rows * 20` floats; optional columns are `None`
+/// when absent (the schema default applies), floats use NaN for NULL, codes use `NULL_CODE`.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// The distinct request ids of the batch; `request_index[row]` points into it.
+    pub request_ids: Vec<String>,
+    pub request_index: Vec<u32>,
+    pub steps: Vec<i64>,
+    pub fingerprints: Vec<f32>,
+    pub layout: Layout,
+    /// Unix microseconds; filled with the append time when the caller gives none.
+    pub created_us: Vec<i64>,
+    pub session_id: Option<TextColumn>,
+    pub token_id: Option<Vec<Option<i64>>>,
+    pub token_text: Option<TextColumn>,
+    pub think_phase: Option<Vec<u8>>,
+    pub segment_idx: Option<Vec<Option<i64>>>,
+    /// Zone codes; computed from v1 fingerprints by the seed's rules when the caller gives none.
+    pub zone: Option<Vec<u8>>,
+    pub manifold_confidence: Option<Vec<f64>>,
+    pub cluster_id: Option<Vec<Option<i64>>>,
+    pub cluster_probability: Option<Vec<f64>>,
+    pub router_entropy: Option<Vec<f64>>,
+    pub expert_load_balance: Option<Vec<f64>>,
+    pub sink_token_mass: Option<Vec<f64>>,
+    pub model_id: Option<TextColumn>,
+    pub top_k_positions: Option<ListColumn<i32>>,
+    pub top_k_scores: Option<ListColumn<f32>>,
+    pub capture_layer_ids: Option<ListColumn<i32>>,
+    pub top_expert_ids: Option<ListColumn<i32>>,
+}
+
+/// Steps live in the low 24 bits of a row's id (`request_key * 2^24 + step`).
+pub const STEP_BITS: u32 = 24;
+pub const MAX_STEP: i64 = (1 << STEP_BITS) - 1;
+
+/// The id of a row: unique per `(request, step)`, and a request's rows are one id range.
+pub fn row_id(request_key: i64, step: i64) -> i64 {
+    (request_key << STEP_BITS) | step
+}
+
+/// The code of a NULL zone or phase.
+pub const NULL_CODE: u8 = u8::MAX;
+
+fn invalid(msg: String) -> CoreError {
+    CoreError::Invalid(msg)
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Checks every column against the row count and the schema's rules, and fills the
+    /// derived columns (times, zones). Errors name the column and the first bad row.
+    pub fn validate(&mut self, now_us: i64) -> Result<()> {
+        let n = self.rows();
+        let lens = [
+            ("request_ids", self.request_index.len()),
+            ("fingerprints", self.fingerprints.len() / FINGERPRINT_DIM),
+        ];
+        for (name, len) in lens {
+            if len != n {
+                return Err(CoreError::Shape(format!(
+                    "{name} has {len} rows but steps has {n}"
+                )));
+            }
+        }
+        if self.fingerprints.len() % FINGERPRINT_DIM != 0 {
+            return Err(CoreError::Shape(format!(
+                "fingerprints must be rows of {FINGERPRINT_DIM} floats, got {} values",
+                self.fingerprints.len()
+            )));
+        }
+        if let Some(i) = self.request_ids.iter().position(|r| r.is_empty()) {
+            let row = self.request_index.iter().position(|&x| x as usize == i);
+            return Err(invalid(format!(
+                "request_id of row {} is empty",
+                row.unwrap_or(0)
+            )));
+        }
+        if let Some(row) = self
+            .request_index
+            .iter()
+            .position(|&i| i as usize >= self.request_ids.len())
+        {
+            return Err(invalid(format!(
+                "request index of row {row} is out of range"
+            )));
+        }
+        if let Some(row) = self
+            .steps
+            .iter()
+            .position(|&s| !(0..=MAX_STEP).contains(&s))
+        {
+            return Err(invalid(format!(
+                "step of row {row} is {}; steps must be from 0 to {MAX_STEP}",
+                self.steps[row]
+            )));
+        }
+        for (r, fp) in self.fingerprints.chunks_exact(FINGERPRINT_DIM).enumerate() {
+            if let Some(i) = fp.iter().position(|v| !v.is_finite()) {
+                return Err(CoreError::Blob(format!(
+                    "fingerprint of row {r} has {} at index {i}",
+                    fp[i]
+                )));
+            }
+        }
+        self.check_lengths(n)?;
+        if let Some(codes) = &self.think_phase
+            && let Some(row) = codes
+                .iter()
+                .position(|&c| c != NULL_CODE && c as usize >= THINK_PHASES.len())
+        {
+            return Err(invalid(format!("think_phase code of row {row} is unknown")));
+        }
+        if let Some(codes) = &self.zone
+            && let Some(row) = codes
+                .iter()
+                .position(|&c| c != NULL_CODE && c as usize >= Zone::ALL.len())
+        {
+            return Err(invalid(format!("zone code of row {row} is unknown")));
+        }
+        if self.created_us.is_empty() {
+            self.created_us = vec![now_us; n];
+        }
+        if self.zone.is_none() && self.layout == Layout::V1 {
+            self.fill_zones();
+        }
+        Ok(())
+    }
+
+    fn check_lengths(&self, n: usize) -> Result<()> {
+        let mut lens: Vec<(&str, Option<usize>)> = vec![
+            (
+                "created_at",
+                (!self.created_us.is_empty()).then_some(self.created_us.len()),
+            ),
+            (
+                "session_id",
+                self.session_id.as_ref().and_then(TextColumn::len),
+            ),
+            (
+                "token_text",
+                self.token_text.as_ref().and_then(TextColumn::len),
+            ),
+            ("model_id", self.model_id.as_ref().and_then(TextColumn::len)),
+            ("token_id", self.token_id.as_ref().map(Vec::len)),
+            ("think_phase", self.think_phase.as_ref().map(Vec::len)),
+            ("segment_idx", self.segment_idx.as_ref().map(Vec::len)),
+            ("manifold_zone", self.zone.as_ref().map(Vec::len)),
+            ("cluster_id", self.cluster_id.as_ref().map(Vec::len)),
+            (
+                "top_k_positions",
+                self.top_k_positions.as_ref().map(ListColumn::rows),
+            ),
+            (
+                "top_k_scores",
+                self.top_k_scores.as_ref().map(ListColumn::rows),
+            ),
+            (
+                "capture_layer_ids",
+                self.capture_layer_ids.as_ref().map(ListColumn::rows),
+            ),
+            (
+                "top_expert_ids",
+                self.top_expert_ids.as_ref().map(ListColumn::rows),
+            ),
+        ];
+        for (name, col) in [
+            ("manifold_confidence", &self.manifold_confidence),
+            ("cluster_probability", &self.cluster_probability),
+            ("router_entropy", &self.router_entropy),
+            ("expert_load_balance", &self.expert_load_balance),
+            ("sink_token_mass", &self.sink_token_mass),
+        ] {
+            lens.push((name, col.as_ref().map(Vec::len)));
+        }
+        for (name, len) in lens {
+            if let Some(len) = len
+                && len != n
+            {
+                return Err(CoreError::Shape(format!(
+                    "{name} has {len} rows but steps has {n}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The seed's rule-based zone and confidence for each v1 fingerprint.
+    fn fill_zones(&mut self) {
+        let (codes, confidences): (Vec<u8>, Vec<f64>) = self
+            .fingerprints
+            .chunks_exact(FINGERPRINT_DIM)
+            .map(|fp| {
+                let (zone, confidence) = zone_of(fp.try_into().expect("rows of 20"));
+                (zone as u8, f64::from(confidence))
+            })
+            .unzip();
+        self.zone = Some(codes);
+        if self.manifold_confidence.is_none() {
+            self.manifold_confidence = Some(confidences);
+        }
+    }
+}

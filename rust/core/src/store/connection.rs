@@ -1,0 +1,46 @@
+//! Opening SQLite connections with the store's settings.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::options::StoreOptions;
+use crate::error::{CoreError, Result};
+
+/// Opens a connection to `path` (created if missing) in WAL mode with the store's PRAGMAs.
+pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| CoreError::Store(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    // The first statement reads the file header: a file that is not a database fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| CoreError::Store(format!("cannot open {}: {e}", path.display())))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(CoreError::Store(format!(
+            "{} could not be switched to WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA cache_size = -64000;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA foreign_keys = OFF;",
+        opts.synchronous.pragma()
+    ))?;
+    Ok(conn)
+}
+
+/// A read-only connection (for readers running beside the store's own connections).
+pub fn open_reader(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| CoreError::Store(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(60))?;
+    Ok(conn)
+}

@@ -1,0 +1,416 @@
+//! Parquet export with arrow-rs: one folder per day (`day=YYYY-MM-DD`, hive style, so pyarrow,
+//! polars and duckdb read the partition as a column), row groups of 128k rows, snappy.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::types::{Float32Type, Int32Type};
+use arrow_array::{
+    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array, ListArray,
+    RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use rusqlite::Connection;
+
+use super::batch::{MAX_STEP, STEP_BITS, THINK_PHASES};
+use super::connection;
+use super::read::{CREATED_COLUMN, Query, RequestNames, Rows, SELECT_COLUMNS, candidate_ids};
+use super::time::{MICROS_PER_DAY, format_day};
+use crate::error::{CoreError, Result};
+use crate::fingerprint::FINGERPRINT_DIM;
+use crate::zone::Zone;
+
+const ROW_GROUP: usize = 1 << 17;
+
+/// What an export wrote.
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    pub rows: u64,
+    /// `(day, file, rows)` for each file written.
+    pub files: Vec<(String, PathBuf, u64)>,
+}
+
+fn fingerprint_field() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Float32, false))
+}
+
+fn list_field(t: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", t, true)))
+}
+
+/// The exported columns: the seed's names, typed (zone and phase as text, time as a UTC
+/// timestamp, the fingerprint as a fixed list of 20 float32, packed lists as lists).
+pub fn export_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, false),
+        Field::new("session_id", DataType::Utf8, true),
+        Field::new("token_id", DataType::Int64, true),
+        Field::new("token_text", DataType::Utf8, true),
+        Field::new("think_phase", DataType::Utf8, true),
+        Field::new("segment_idx", DataType::Int64, true),
+        Field::new(
+            "fingerprint",
+            DataType::FixedSizeList(fingerprint_field(), FINGERPRINT_DIM as i32),
+            false,
+        ),
+        Field::new("manifold_zone", DataType::Utf8, true),
+        Field::new("manifold_confidence", DataType::Float64, true),
+        Field::new("cluster_id", DataType::Int64, true),
+        Field::new("cluster_probability", DataType::Float64, true),
+        Field::new("router_entropy", DataType::Float64, true),
+        Field::new("expert_load_balance", DataType::Float64, true),
+        Field::new("sink_token_mass", DataType::Float64, true),
+        Field::new("top_k_positions", list_field(DataType::Int32), true),
+        Field::new("top_k_scores", list_field(DataType::Float32), true),
+        Field::new("capture_layer_ids", list_field(DataType::Int32), true),
+        Field::new("top_expert_ids", list_field(DataType::Int32), true),
+        Field::new("schema_version", DataType::Int32, false),
+        Field::new("model_id", DataType::Utf8, true),
+        Field::new(
+            "created_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]))
+}
+
+fn int32_lists(blobs: &[Option<Vec<u8>>]) -> ArrayRef {
+    Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(
+        blobs.iter().map(|b| {
+            b.as_ref().map(|b| {
+                b.chunks_exact(4)
+                    .map(|c| Some(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect::<Vec<_>>()
+            })
+        }),
+    ))
+}
+
+fn float32_lists(blobs: &[Option<Vec<u8>>]) -> ArrayRef {
+    Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(
+        blobs.iter().map(|b| {
+            b.as_ref().map(|b| {
+                b.chunks_exact(4)
+                    .map(|c| Some(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect::<Vec<_>>()
+            })
+        }),
+    ))
+}
+
+/// Rows as one Arrow record batch with `export_schema()`.
+pub fn record_batch(rows: Rows, schema: &SchemaRef) -> Result<RecordBatch> {
+    let zone_names: Vec<Option<&str>> = rows
+        .zone
+        .iter()
+        .map(|z| z.and_then(|z| Zone::ALL.get(z as usize).map(|z| z.name())))
+        .collect();
+    let phase_names: Vec<Option<&str>> = rows
+        .think_phase
+        .iter()
+        .map(|p| p.and_then(|p| THINK_PHASES.get(p as usize).copied()))
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(rows.id)),
+        Arc::new(StringArray::from(rows.request_id)),
+        Arc::new(Int64Array::from(rows.step)),
+        Arc::new(StringArray::from(rows.session_id)),
+        Arc::new(Int64Array::from(rows.token_id)),
+        Arc::new(StringArray::from(rows.token_text)),
+        Arc::new(StringArray::from(phase_names)),
+        Arc::new(Int64Array::from(rows.segment_idx)),
+        Arc::new(FixedSizeListArray::new(
+            fingerprint_field(),
+            FINGERPRINT_DIM as i32,
+            Arc::new(Float32Array::from(rows.fingerprint)),
+            None,
+        )),
+        Arc::new(StringArray::from(zone_names)),
+        Arc::new(Float64Array::from(rows.manifold_confidence)),
+        Arc::new(Int64Array::from(rows.cluster_id)),
+        Arc::new(Float64Array::from(rows.cluster_probability)),
+        Arc::new(Float64Array::from(rows.router_entropy)),
+        Arc::new(Float64Array::from(rows.expert_load_balance)),
+        Arc::new(Float64Array::from(rows.sink_token_mass)),
+        int32_lists(&rows.top_k_positions),
+        float32_lists(&rows.top_k_scores),
+        int32_lists(&rows.capture_layer_ids),
+        int32_lists(&rows.top_expert_ids),
+        Arc::new(Int32Array::from(
+            rows.layout.iter().map(|&l| l as i32).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(rows.model_id)),
+        Arc::new(TimestampMicrosecondArray::from(rows.created_us).with_timezone("UTC")),
+    ];
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| CoreError::Store(format!("building an Arrow batch: {e}")))
+}
+
+fn parquet_error(e: parquet::errors::ParquetError) -> CoreError {
+    CoreError::Store(format!("writing Parquet: {e}"))
+}
+
+/// One day's file, written under a temporary name and renamed when complete.
+struct DayFile {
+    day: String,
+    tmp: PathBuf,
+    path: PathBuf,
+    writer: ArrowWriter<File>,
+    rows: u64,
+}
+
+/// The encoding half of an export: Arrow batches into Parquet files, one per day. It runs on
+/// its own thread while the caller's thread reads SQLite, which roughly doubles throughput.
+struct Encoder {
+    dir: PathBuf,
+    schema: SchemaRef,
+    props: WriterProperties,
+    files: BTreeMap<i64, DayFile>,
+}
+
+impl Encoder {
+    fn write(&mut self, day: i64, rows: Rows) -> Result<()> {
+        if !self.files.contains_key(&day) {
+            let name = format_day(day * MICROS_PER_DAY);
+            let folder = self.dir.join(format!("day={name}"));
+            fs::create_dir_all(&folder)?;
+            let path = folder.join("part-0.parquet");
+            let tmp = folder.join(".part-0.parquet.tmp");
+            let writer = ArrowWriter::try_new(
+                File::create(&tmp)?,
+                self.schema.clone(),
+                Some(self.props.clone()),
+            )
+            .map_err(parquet_error)?;
+            self.files.insert(
+                day,
+                DayFile {
+                    day: name,
+                    tmp,
+                    path,
+                    writer,
+                    rows: 0,
+                },
+            );
+        }
+        let file = self.files.get_mut(&day).expect("inserted above");
+        file.rows += rows.len() as u64;
+        let batch = record_batch(rows, &self.schema)?;
+        file.writer.write(&batch).map_err(parquet_error)
+    }
+
+    fn remove_partial_files(&self) {
+        for file in self.files.values() {
+            let _ = fs::remove_file(&file.tmp);
+        }
+    }
+
+    fn finish(self) -> Result<Vec<(String, PathBuf, u64)>> {
+        let mut out = Vec::new();
+        for (_, file) in self.files {
+            file.writer.close().map_err(parquet_error)?;
+            fs::rename(&file.tmp, &file.path)?;
+            out.push((file.day, file.path, file.rows));
+        }
+        Ok(out)
+    }
+}
+
+/// Refuses to mix a new export with an old one unless asked to replace it.
+fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("day=") {
+            continue;
+        }
+        if !overwrite {
+            return Err(CoreError::Invalid(format!(
+                "{} already holds an export ({name}); choose an empty folder or pass overwrite",
+                dir.display()
+            )));
+        }
+        for file in fs::read_dir(entry.path())? {
+            let file = file?.path();
+            if file.extension().is_some_and(|e| e == "parquet") {
+                fs::remove_file(&file)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writer settings: snappy; dictionaries only for the text columns, where values repeat
+/// (dictionary-encoding floats costs time and saves nothing).
+fn writer_properties() -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP))
+        .set_dictionary_enabled(false);
+    for column in [
+        "request_id",
+        "session_id",
+        "think_phase",
+        "manifold_zone",
+        "model_id",
+    ] {
+        props = props.set_column_dictionary_enabled(column.into(), true);
+    }
+    props.build()
+}
+
+/// Reads the rows of ids `lo..=hi` on `conn` and sends them to the encoder in row groups.
+/// Returns the rows read; `read` counts them across readers for progress.
+fn read_part(
+    conn: &Connection,
+    (lo, hi): (i64, i64),
+    q: &Query,
+    to_encoder: &crossbeam_channel::Sender<(i64, Rows)>,
+    read: &AtomicU64,
+) -> Result<u64> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {SELECT_COLUMNS} FROM af_fingerprints f \
+         WHERE f.id BETWEEN ?1 AND ?2 AND f.created_us >= ?3 AND f.created_us < ?4 ORDER BY f.id"
+    ))?;
+    let mut cursor = stmt.query(rusqlite::params![
+        lo,
+        hi,
+        q.since_us.unwrap_or(i64::MIN),
+        q.until_us.unwrap_or(i64::MAX)
+    ])?;
+    let mut names = RequestNames::new(conn)?;
+    let mut pending: BTreeMap<i64, Rows> = BTreeMap::new();
+    let mut total = 0u64;
+    // A send fails only when the encoder stopped on an error, which the caller reports.
+    while let Some(row) = cursor.next()? {
+        let created: i64 = row.get(CREATED_COLUMN)?;
+        let day = created.div_euclid(MICROS_PER_DAY);
+        let rows = pending.entry(day).or_default();
+        rows.push(row, &mut names)?;
+        if rows.len() >= ROW_GROUP && to_encoder.send((day, std::mem::take(rows))).is_err() {
+            return Ok(total);
+        }
+        total += 1;
+        if total % 4096 == 0 {
+            read.fetch_add(4096, Ordering::Relaxed);
+        }
+    }
+    read.fetch_add(total % 4096, Ordering::Relaxed);
+    for (day, rows) in pending {
+        if !rows.is_empty() && to_encoder.send((day, rows)).is_err() {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Splits an id range into `parts` ranges of about equal request keys.
+fn split_ids((lo, hi): (i64, i64), parts: usize) -> Vec<(i64, i64)> {
+    let (first, last) = (lo >> STEP_BITS, hi >> STEP_BITS);
+    let parts = (parts as i64).clamp(1, last - first + 1);
+    let per = (last - first + parts) / parts;
+    (0..parts)
+        .map(|p| {
+            let start = (first + p * per).max(first);
+            let end = (first + (p + 1) * per - 1).min(last);
+            (
+                lo.max(start << STEP_BITS),
+                hi.min((end << STEP_BITS) | MAX_STEP),
+            )
+        })
+        .filter(|(a, b)| a <= b)
+        .collect()
+}
+
+/// Exports with one reader per core (SQLite reads dominate; WAL lets readers run side by
+/// side), each on its own connection to `path`, and one encoder thread.
+pub fn export_parquet(
+    path: &Path,
+    conn: &Connection,
+    dir: &Path,
+    q: &Query,
+    overwrite: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ExportReport> {
+    prepare_dir(dir, overwrite)?;
+    let mut report = ExportReport::default();
+    let Some(range) = candidate_ids(conn, q)? else {
+        progress(0);
+        return Ok(report);
+    };
+    let parts = split_ids(range, crate::parallel::num_threads());
+    let others = parts[1..]
+        .iter()
+        .map(|_| connection::open_reader(path))
+        .collect::<Result<Vec<_>>>()?;
+    let mut encoder = Encoder {
+        dir: dir.to_path_buf(),
+        schema: export_schema(),
+        props: writer_properties(),
+        files: BTreeMap::new(),
+    };
+    let read_so_far = AtomicU64::new(0);
+    let (to_encoder, chunks) = crossbeam_channel::bounded::<(i64, Rows)>(2);
+    let (read, encoded) = std::thread::scope(|scope| {
+        let encoding = scope.spawn(move || -> Result<Encoder> {
+            for (day, rows) in chunks {
+                encoder.write(day, rows)?;
+            }
+            Ok(encoder)
+        });
+        let readers: Vec<_> = others
+            .into_iter()
+            .zip(&parts[1..])
+            .map(|(other, &part)| {
+                let to_encoder = to_encoder.clone();
+                let (read_so_far, q) = (&read_so_far, q);
+                scope.spawn(move || read_part(&other, part, q, &to_encoder, read_so_far))
+            })
+            .collect();
+        // This thread reads the first part, then reports progress until the others finish.
+        let mut read = read_part(conn, parts[0], q, &to_encoder, &read_so_far);
+        drop(to_encoder);
+        while readers.iter().any(|r| !r.is_finished()) {
+            progress(read_so_far.load(Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        for reader in readers {
+            let part = reader
+                .join()
+                .unwrap_or_else(|_| Err(CoreError::Store("an export reader panicked".into())));
+            read = match (read, part) {
+                (Ok(a), Ok(b)) => Ok(a + b),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+        }
+        progress(read_so_far.load(Ordering::Relaxed));
+        let encoded = encoding
+            .join()
+            .unwrap_or_else(|_| Err(CoreError::Store("the Parquet encoder panicked".into())));
+        (read, encoded)
+    });
+    // Files are renamed into place only when everything was read and encoded: a failed export
+    // leaves no file that looks complete.
+    match (read, encoded) {
+        (Ok(rows), Ok(encoder)) => {
+            report.rows = rows;
+            report.files = encoder.finish()?;
+            Ok(report)
+        }
+        (read, encoded) => {
+            if let Ok(encoder) = &encoded {
+                encoder.remove_partial_files();
+            }
+            Err(read.err().or(encoded.err()).expect("one side failed"))
+        }
+    }
+}

@@ -1,0 +1,134 @@
+"""`attnfast init | ingest | query | stats | export` on real files, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from attnfast import FingerprintStore, pack_fingerprints
+
+ATTNFAST = str(Path(sys.executable).with_name("attnfast"))
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [ATTNFAST, *args], capture_output=True, text=True, check=check, env=env, timeout=300
+    )
+
+
+@pytest.fixture
+def jsonl(tmp_path: Path, rng: np.random.Generator) -> Path:
+    path = tmp_path / "messages.jsonl"
+    with path.open("w") as f:
+        for r in range(4):
+            for step in range(1, 26):
+                vector = rng.random(20).tolist()
+                f.write(json.dumps({"request_id": f"r{r}", "step": step, "vector": vector}) + "\n")
+        f.write('{"request_id": "r9", "vector": [1, 2]}\n')
+    return path
+
+
+def test_ingest_query_stats(tmp_path: Path, jsonl: Path, rng: np.random.Generator) -> None:
+    db = tmp_path / "fp.db"
+    assert "ready, 0 rows" in run("init", "--db", str(db)).stdout
+    out = run("ingest", "--db", str(db), str(jsonl))
+    assert "100 rows appended, 1 bad line(s) skipped" in out.stdout
+    assert "vector must be a list of 20 numbers, got 2" in out.stderr
+
+    npy, packed = tmp_path / "a.npy", tmp_path / "b.fp"
+    np.save(npy, rng.random((7, 20), dtype=np.float32))
+    packed.write_bytes(pack_fingerprints(rng.random((3, 20), dtype=np.float32)))
+    run("ingest", "--db", str(db), str(npy), "--request-id", "npy-req")
+    run("ingest", "--db", str(db), str(packed), "--request-id", "fp-req", "--start-step", "5")
+
+    rows = json.loads(
+        run("query", "--db", str(db), "--request", "fp-req", "--format", "json").stdout
+    )
+    assert [r["step"] for r in rows] == [5, 6, 7]
+    assert rows[0]["schema_version"] == 1
+    jsonl_rows = json.loads(
+        run(
+            "query", "--db", str(db), "--request", "r2", "--limit", "100", "--format", "json"
+        ).stdout
+    )
+    assert len(jsonl_rows) == 25
+    assert jsonl_rows[0]["schema_version"] == 1001
+    table = run("query", "--db", str(db), "--limit", "5").stdout
+    assert "5 rows" in table
+    assert "fp-req" in table  # the newest request comes first
+
+    stats = json.loads(run("stats", "--db", str(db), "--json").stdout)
+    assert stats["rows"] == 110
+    assert stats["requests"] == 6
+
+    out_file = tmp_path / "q.parquet"
+    run("query", "--db", str(db), "--since", "1h", "--limit", "1000", "--format", "parquet",
+        "--out", str(out_file))  # fmt: skip
+    assert pq.read_table(out_file).num_rows == 110
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    missing = run("query", "--db", str(tmp_path / "none.db"), check=False)
+    assert missing.returncode == 2
+    assert "no such database" in missing.stderr
+    db = tmp_path / "fp.db"
+    run("init", "--db", str(db))
+    bad = run("query", "--db", str(db), "--since", "yesterday-ish", check=False)
+    assert bad.returncode == 2
+    assert "since must be" in bad.stderr
+    npy = tmp_path / "a.npy"
+    np.save(npy, np.zeros((2, 20), np.float32))
+    no_id = run("ingest", "--db", str(db), str(npy), check=False)
+    assert no_id.returncode == 2
+    assert "--request-id" in no_id.stderr
+
+
+def test_export_is_read_by_pyarrow_polars_duckdb(tmp_path: Path, rng: np.random.Generator) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    db, out = tmp_path / "fp.db", tmp_path / "export"
+    day = datetime(2026, 4, 1, 23, 30, tzinfo=UTC)
+    vectors = rng.random((300, 20), dtype=np.float32)
+    with FingerprintStore(db) as store:
+        store.append("a", np.arange(100), vectors[:100], created_at=day, token_text="x",
+                     top_k_positions=np.tile([3, 1], (100, 1)))  # fmt: skip
+        store.append("b", np.arange(200), vectors[100:], created_at=day + timedelta(hours=1))
+    printed = run("export", "--db", str(db), "--out", str(out)).stdout
+    assert "exported 300 rows" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["day=2026-04-01", "day=2026-04-02"]
+
+    table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 300
+    by_id = table.sort_by([("request_id", "ascending"), ("step", "ascending")])
+    np.testing.assert_array_equal(
+        np.array(by_id.column("fingerprint").to_pylist(), dtype=np.float32), vectors
+    )
+    assert by_id.column("top_k_positions")[0].as_py() == [3, 1]
+
+    frame = pl.scan_parquet(str(out / "**" / "*.parquet"), hive_partitioning=True).collect()
+    assert frame.height == 300
+    assert frame.filter(pl.col("request_id") == "b").height == 200
+
+    con = duckdb.connect()
+    glob = str(out / "*" / "*.parquet")
+    n, days = con.execute(
+        f"SELECT count(*), count(DISTINCT day) FROM read_parquet('{glob}', hive_partitioning=true)"
+    ).fetchone()
+    assert (n, days) == (300, 2)
+
+    again = run("export", "--db", str(db), "--out", str(out), check=False)
+    assert again.returncode == 2
+    assert "already holds an export" in again.stderr
+    run("export", "--db", str(db), "--out", str(out), "--overwrite", "--since", "2026-04-02")
+    assert ds.dataset(out, format="parquet", partitioning="hive").to_table().num_rows == 200
