@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from attnfast.exceptions import AttnfastError, InvalidInputError
 from attnfast.fingerprint import unpack_fingerprints, zone_of
 from attnfast.layout import Layout
-from attnfast.messages import MessageBatcher
+from attnfast.messages import MessageDecoder
 from attnfast.store import FingerprintStore
 
 MAX_BODY_BYTES = 64 << 20
@@ -94,31 +95,29 @@ class Sidecar:
             socket.close()
             return
         self._zmq_ready.set()
-        batcher = MessageBatcher(self.store, self.zmq_layout)
+        decoder = MessageDecoder(self.store, self.zmq_layout)
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 if not poller.poll(100):
                     continue
-                received = rejected = 0
-                while received < ZMQ_BATCH:
+                raw: list[bytes] = []
+                while len(raw) < ZMQ_BATCH:
                     try:
-                        raw = socket.recv(zmq.NOBLOCK)
+                        raw.append(socket.recv(zmq.NOBLOCK))
                     except zmq.Again:
                         break
-                    received += 1
-                    try:
-                        batcher.add(json.loads(raw))
-                    except (ValueError, AttnfastError) as e:
-                        rejected += 1
-                        self.count("zmq_rejected", error=f"zmq: {e}")
-                self.count("zmq_messages", received)
                 try:
-                    self.count("zmq_rows", batcher.flush_to_store())
+                    rows, errors = decoder.append(raw)
                 except AttnfastError as e:
-                    self.count("zmq_rejected", batcher.pending, error=f"zmq: {e}")
-                    batcher.pending = 0
+                    self.count("zmq_messages", len(raw))
+                    self.count("zmq_rejected", len(raw), error=f"zmq: {e}")
+                    continue
+                self.count("zmq_messages", len(raw))
+                self.count("zmq_rows", rows)
+                if errors:
+                    self.count("zmq_rejected", len(errors), error=f"zmq: {errors[-1][1]}")
         finally:
             socket.close()
 
@@ -191,46 +190,37 @@ def create_app(sidecar: Sidecar) -> Any:
             return error(413, f"body of {len(body)} bytes exceeds {sidecar.max_body_bytes}")
         return body
 
-    async def json_of(request: Request) -> Any:
-        body = await body_of(request)
-        if isinstance(body, JSONResponse):
-            return body
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            return error(400, f"body is not valid JSON: {e}")
+    http_decoder = MessageDecoder(sidecar.store, "v1")
 
-    def accept(messages: list[Any], layout: Layout) -> int | JSONResponse:
-        """Checks every message first: a request is stored whole or not at all."""
-        batcher = MessageBatcher(sidecar.store, layout)
-        for i, message in enumerate(messages):
-            try:
-                batcher.add(message)
-            except (InvalidInputError, AttnfastError) as e:
-                where = f"fingerprints[{i}]: " if len(messages) > 1 else ""
-                return error(422, f"{where}{e}")
+    def accept(body: bytes) -> int | JSONResponse:
+        """A JSON list of messages, stored whole or not at all."""
         try:
-            rows = batcher.flush_to_store()
+            rows = http_decoder.append_body(body)
         except InvalidInputError as e:
-            return error(422, str(e))
+            text = str(e)
+            return error(400 if "not valid JSON" in text else 422, text)
         sidecar.count("http_rows", rows)
         return rows
 
     @app.post("/fingerprint")
     async def post_fingerprint(request: Request) -> Any:
-        message = await json_of(request)
-        if isinstance(message, JSONResponse):
-            return message
+        body = await body_of(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            message = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            return error(400, f"body is not valid JSON: {e}")
         if not isinstance(message, dict):
             return error(422, "body must be a JSON object")
-        try:
-            layout = Layout.of(message.get("layout", "v1"))
-        except AttnfastError as e:
-            return error(422, str(e))
-        stored = accept([message], layout)
+        stored = await run_in_threadpool(accept, b"[" + body + b"]")
         if isinstance(stored, JSONResponse):
+            if stored.status_code == 422:  # one message: no index to name
+                detail = json.loads(bytes(stored.body))["error"].removeprefix("fingerprints[0]: ")
+                return JSONResponse({"error": detail}, status_code=422)
             return stored
         vector = np.asarray(message["vector"], dtype=np.float32)
+        layout = Layout.of(message.get("layout", "v1"))
         return {"status": "accepted", "classification": rule_classification(vector, layout)}
 
     @app.post("/fingerprints")
@@ -238,18 +228,10 @@ def create_app(sidecar: Sidecar) -> Any:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/octet-stream"):
             return await _binary(request)
-        payload = await json_of(request)
-        if isinstance(payload, JSONResponse):
-            return payload
-        messages = payload.get("fingerprints") if isinstance(payload, dict) else payload
-        if not isinstance(messages, list):
-            return error(422, 'body must be a list of messages or {"fingerprints": [...]}')
-        layout_name = payload.get("layout", "v1") if isinstance(payload, dict) else "v1"
-        try:
-            layout = Layout.of(layout_name)
-        except AttnfastError as e:
-            return error(422, str(e))
-        stored = accept(messages, layout)
+        body = await body_of(request)
+        if isinstance(body, JSONResponse):
+            return body
+        stored = await run_in_threadpool(accept, body)
         if isinstance(stored, JSONResponse):
             return stored
         return {"status": "accepted", "accepted": stored}

@@ -24,7 +24,7 @@ from attnfast._time import format_us
 from attnfast.cli._app import app, console, err_console, user_errors
 from attnfast.exceptions import InvalidInputError, ShapeError
 from attnfast.fingerprint import ZONES, unpack_fingerprints
-from attnfast.messages import MessageBatcher
+from attnfast.messages import MessageDecoder
 from attnfast.store import OPTIONAL_COLUMNS, FingerprintStore
 
 Db = Annotated[Path, typer.Option("--db", help="The fingerprint database (SQLite).")]
@@ -62,24 +62,25 @@ class Layout_(StrEnum):
 
 
 def _ingest_jsonl(store: FingerprintStore, path: Path, layout: str) -> tuple[int, int]:
-    batcher = MessageBatcher(store, layout)
+    decoder = MessageDecoder(store, layout)
     rows = bad = 0
     with _progress(bytes_=True) as progress, path.open("rb") as f:
         task = progress.add_task(f"ingest {path.name}", total=path.stat().st_size)
-        for line_no, line in enumerate(f, 1):
-            progress.advance(task, len(line))
-            if not line.strip():
-                continue
-            try:
-                batcher.add(json.loads(line))
-            except (ValueError, InvalidInputError) as e:
+        first_line = 1
+        while True:
+            lines = f.readlines(8 << 20)
+            if not lines:
+                break
+            numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
+            appended, errors = decoder.append([line for _, line in numbered])
+            rows += appended
+            for index, message in errors:
                 bad += 1
                 if bad <= 5:
-                    where = escape(f"{path}:{line_no}: {e}")
+                    where = escape(f"{path}:{numbered[index][0]}: {message}")
                     err_console.print(f"[yellow]skipped[/yellow] {where}", soft_wrap=True)
-            if batcher.pending >= INGEST_BATCH:
-                rows += batcher.flush_to_store()
-        rows += batcher.flush_to_store()
+            first_line += len(lines)
+            progress.advance(task, sum(len(line) for line in lines))
     return rows, bad
 
 

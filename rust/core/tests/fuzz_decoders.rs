@@ -1,10 +1,12 @@
 //! Fuzzing of every decoder of outside bytes: packed rows (files, the sidecar's binary HTTP
-//! bodies) and fingerprint blobs read back from a database. A million inputs per decoder by
+//! bodies), fingerprint blobs read back from a database, and the JSON messages of ZMQ, HTTP
+//! and JSONL files. A million inputs per decoder by
 //! default (`ATTNFAST_FUZZ_CASES` changes it); each must be decoded exactly or refused with an
 //! error, never panic, and what decodes must re-encode to the same bytes.
 
 use attnfast_core::Layout;
 use attnfast_core::pack::{pack, unpack};
+use attnfast_core::store::messages::MessageDecoder;
 use attnfast_core::store::read::decode_fingerprint;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -30,8 +32,10 @@ fn outside_bytes() -> impl Strategy<Value = Vec<u8>> {
         )
             .prop_map(|(values, at, flip)| {
                 let rows = values.len() / 20 * 20;
-                let mut bytes: Vec<u8> =
-                    values[..rows].iter().flat_map(|v| v.to_le_bytes()).collect();
+                let mut bytes: Vec<u8> = values[..rows]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
                 if !bytes.is_empty() {
                     let i = at % bytes.len();
                     bytes[i] ^= flip;
@@ -92,4 +96,69 @@ fn stored_blobs_decode_exactly_or_fail_cleanly() {
         }
         Ok(())
     });
+}
+
+/// JSON messages: valid ones with one byte flipped or cut short, and random bytes.
+fn outside_messages() -> impl Strategy<Value = Vec<u8>> {
+    let valid = (
+        "[a-z0-9]{0,6}",
+        proptest::collection::vec(-1e6f64..1e6, 18..22),
+        proptest::option::of(-3i64..100),
+        proptest::option::of(prop_oneof![Just("think"), Just("output"), Just("nope")]),
+        proptest::option::of(proptest::collection::vec(-5i64..5_000_000_000, 0..4)),
+    )
+        .prop_map(|(id, vector, step, phase, topk)| {
+            let mut metadata = serde_json::Map::new();
+            if let Some(p) = phase {
+                metadata.insert("think_phase".into(), p.into());
+            }
+            if let Some(t) = topk {
+                metadata.insert("top_k_positions".into(), t.into());
+            }
+            let mut m =
+                serde_json::json!({"request_id": id, "vector": vector, "metadata": metadata});
+            if let Some(s) = step {
+                m["step"] = s.into();
+            }
+            serde_json::to_vec(&m).unwrap()
+        });
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..200),
+        valid.clone(),
+        (valid.clone(), any::<usize>(), any::<u8>()).prop_map(|(mut bytes, at, flip)| {
+            let i = at % bytes.len();
+            bytes[i] ^= flip;
+            bytes
+        }),
+        (valid, any::<usize>()).prop_map(|(bytes, at)| bytes[..at % bytes.len()].to_vec()),
+    ]
+}
+
+#[test]
+fn json_messages_decode_exactly_or_fail_cleanly() {
+    let mut runner = TestRunner::new(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let decoder = std::cell::RefCell::new(MessageDecoder::new(Layout::V1));
+    runner
+        .run(&outside_messages(), |bytes| {
+            let out = decoder.borrow_mut().decode_raw(&[&bytes], false);
+            let rows: usize = out.batches.iter().map(|b| b.rows()).sum();
+            prop_assert_eq!(rows + out.errors.len(), 1);
+            if rows == 1 {
+                // What was accepted is what the JSON said.
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let batch = &out.batches[0];
+                prop_assert_eq!(&batch.request_ids[0], v["request_id"].as_str().unwrap());
+                for (i, x) in v["vector"].as_array().unwrap().iter().enumerate() {
+                    prop_assert_eq!(batch.fingerprints[i], x.as_f64().unwrap() as f32);
+                }
+            } else {
+                prop_assert!(!out.errors[0].1.is_empty());
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("decode_raw: {e}"));
 }

@@ -13,7 +13,7 @@ pyo3::import_exception!(attnfast.exceptions, StoreError);
 pyo3::import_exception!(attnfast.exceptions, DuplicateStepError);
 
 /// The Python exception for a core error.
-fn to_py_err(e: CoreError) -> PyErr {
+pub fn to_py_err(e: CoreError) -> PyErr {
     match e {
         CoreError::AttentionValue(m) => AttentionValueError::new_err(m),
         CoreError::Shape(m) => ShapeError::new_err(m),

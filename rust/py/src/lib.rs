@@ -18,7 +18,7 @@ mod _core {
     #[pymodule_export]
     use pack::{pack_fingerprints, unpack_fingerprints};
     #[pymodule_export]
-    use store::PyStore;
+    use store::{PyMessageDecoder, PyStore};
     #[pymodule_export]
     use zone::zone_codes;
 

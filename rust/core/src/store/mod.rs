@@ -4,6 +4,7 @@
 pub mod batch;
 mod connection;
 pub mod export;
+pub mod messages;
 pub mod options;
 mod queue;
 pub mod read;
@@ -111,6 +112,15 @@ impl Store {
         ))
     }
 
+    /// Appends the batches of decoded messages; returns the rows queued.
+    pub fn append_decoded(&self, decoded: messages::Decoded) -> Result<usize> {
+        decoded
+            .batches
+            .into_iter()
+            .map(|batch| self.append(batch))
+            .sum()
+    }
+
     /// Returns once every row appended before the call is committed (the acknowledgement),
     /// or raises the first write failure or (policy `error`) duplicate since the last flush.
     pub fn flush(&self) -> Result<()> {
@@ -181,7 +191,9 @@ impl Store {
         overwrite: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ExportReport> {
-        self.with_reader(|conn| export::export_parquet(&self.path, conn, dir, q, overwrite, progress))
+        self.with_reader(|conn| {
+            export::export_parquet(&self.path, conn, dir, q, overwrite, progress)
+        })
     }
 
     pub fn writer_stats(&self) -> WriterStats {
