@@ -55,6 +55,7 @@ test: build lint rust-test py-test
 
 bench: build
 	$(BIN)/python benches/bench_fingerprints.py
+	$(BIN)/python benches/bench_store.py
 
 clean:
 	rm -rf $(VENV) target python/attnfast/*.so

@@ -112,7 +112,7 @@ def ingest_seed(db: Path, rows: int) -> dict[str, Any]:
 def ingest_executemany(db: Path, rows: int) -> dict[str, Any]:
     import sqlite3
 
-    ids, steps, fps = dataset(rows)
+    _, steps, fps = dataset(rows)
     base = rss_mb()
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -120,8 +120,7 @@ def ingest_executemany(db: Path, rows: int) -> dict[str, Any]:
     conn.execute("CREATE TABLE t (request INTEGER, step INTEGER, fingerprint BLOB)")
     start = time.perf_counter()
     blobs = (
-        (i // STEPS_PER_REQUEST, int(steps[i]), fps[i].astype("<f4").tobytes())
-        for i in range(rows)
+        (i // STEPS_PER_REQUEST, int(steps[i]), fps[i].astype("<f4").tobytes()) for i in range(rows)
     )
     with conn:
         conn.executemany("INSERT INTO t VALUES (?, ?, ?)", blobs)
@@ -140,7 +139,7 @@ METHODS = {
 def run_child(method: str, rows: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", method, "--rows", str(rows), "--db", f"{tmp}/x.db"],
+            [sys.executable, __file__, "--child", method, "--rows", str(rows), "--db", tmp + "/x"],
             capture_output=True,
             text=True,
             check=True,
@@ -177,7 +176,16 @@ class SidecarProcess:
         self.http, self.zmq = free_port(), f"tcp://127.0.0.1:{free_port()}"
         exe = str(Path(sys.executable).with_name("attnfast"))
         self.process = subprocess.Popen(
-            [exe, "sidecar", "--db", str(db), "--http", f"127.0.0.1:{self.http}", "--zmq", self.zmq],
+            [
+                exe,
+                "sidecar",
+                "--db",
+                str(db),
+                "--http",
+                f"127.0.0.1:{self.http}",
+                "--zmq",
+                self.zmq,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -220,8 +228,8 @@ def bench_sidecar(http_rows: int, zmq_messages: int) -> dict[str, Any]:
                 json.dumps(
                     {
                         "fingerprints": [
-                            {"request_id": f"h{i // 100}", "step": i % 100 + 1, "vector": vectors[i]}
-                            for i in range(start, start + batch)
+                            {"request_id": f"h{i // 100}", "step": i % 100 + 1, "vector": v}
+                            for i, v in enumerate(vectors[start : start + batch], start)
                         ]
                     }
                 ).encode()
@@ -317,9 +325,7 @@ def bench_large(rows: int) -> dict[str, Any]:
                 lambda: store.read(since=1_780_000_000 + 86400, until=1_780_000_000 + 90000)
             )
             target = Path(tmp) / "export"
-            out["export_s"] = best(
-                lambda: store.export_parquet(target, overwrite=True), repeats=2
-            )
+            out["export_s"] = best(lambda: store.export_parquet(target, overwrite=True), repeats=2)
             out["export_rows_per_s"] = rows / out["export_s"]
             out["db_mb"] = db.stat().st_size / 1e6
             shutil.rmtree(target)
@@ -341,10 +347,12 @@ def report(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for name in ("attnfast", "seed", "executemany"):
-            m = r[name]
+            rate = r[name]["rows_per_s"]
+            vs_seed = rate / r["seed"]["rows_per_s"]
+            vs_many = rate / r["executemany"]["rows_per_s"]
             lines.append(
-                f"| {name} | {m['rows_per_s']:,.0f} | {m['rows_per_s'] / r['seed']['rows_per_s']:.1f}x"
-                f" | {m['rows_per_s'] / r['executemany']['rows_per_s']:.2f}x | {m['peak_mb']:.0f} |"
+                f"| {name} | {rate:,.0f} | {vs_seed:.1f}x | {vs_many:.2f}x"
+                f" | {r[name]['peak_mb']:.0f} |"
             )
         lines.append(f"\nattnfast: {a / 1e6:.2f} M rows/s\n")
     if "sidecar" in results:
@@ -365,7 +373,8 @@ def report(results: dict[str, Any]) -> str:
             "",
             "| query | seconds |",
             "|---|---|",
-            f"| zone_distribution_hourly ({g['zone_hours_rows']} rows) | {g['zone_hourly_s']:.4f} |",
+            f"| zone_distribution_hourly ({g['zone_hours_rows']} rows)"
+            f" | {g['zone_hourly_s']:.4f} |",
             f"| one request, the seed's SQL on the view | {g['request_seed_sql_s']:.4f} |",
             f"| one request, store.read | {g['request_read_s']:.4f} |",
             f"| one hour, store.read | {g['since_1h_read_s']:.4f} |",

@@ -7,6 +7,10 @@ use rusqlite::{Connection, OpenFlags};
 use super::options::StoreOptions;
 use crate::error::{CoreError, Result};
 
+/// Why: reads through a memory map skip one copy of every page (read() into SQLite's cache);
+/// exports and large reads spent a fifth of their time in that copy.
+const READ_PRAGMAS: &str = "PRAGMA mmap_size = 1099511627776;";
+
 /// Opens a connection to `path` (created if missing) in WAL mode with the store's PRAGMAs.
 pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -30,7 +34,8 @@ pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection> {
         "PRAGMA synchronous = {};
          PRAGMA cache_size = -64000;
          PRAGMA temp_store = MEMORY;
-         PRAGMA foreign_keys = OFF;",
+         PRAGMA foreign_keys = OFF;
+         {READ_PRAGMAS}",
         opts.synchronous.pragma()
     ))?;
     Ok(conn)
@@ -42,5 +47,6 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| CoreError::Store(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(60))?;
+    conn.execute_batch(READ_PRAGMAS)?;
     Ok(conn)
 }

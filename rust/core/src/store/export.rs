@@ -7,24 +7,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow_array::types::{Float32Type, Int32Type};
-use arrow_array::{
-    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array, ListArray,
-    RecordBatch, StringArray, TimestampMicrosecondArray,
-};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use rusqlite::Connection;
 
-use super::batch::{MAX_STEP, STEP_BITS, THINK_PHASES};
+use super::batch::{MAX_STEP, STEP_BITS};
 use super::connection;
-use super::read::{CREATED_COLUMN, Query, RequestNames, Rows, SELECT_COLUMNS, candidate_ids};
+use super::export_rows::ExportRows;
+use super::read::{CREATED_COLUMN, Query, RequestNames, SELECT_COLUMNS, candidate_ids};
 use super::time::{MICROS_PER_DAY, format_day};
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
-use crate::zone::Zone;
 
 const ROW_GROUP: usize = 1 << 17;
 
@@ -36,7 +31,7 @@ pub struct ExportReport {
     pub files: Vec<(String, PathBuf, u64)>,
 }
 
-fn fingerprint_field() -> Arc<Field> {
+pub(super) fn fingerprint_field() -> Arc<Field> {
     Arc::new(Field::new("item", DataType::Float32, false))
 }
 
@@ -82,78 +77,6 @@ pub fn export_schema() -> SchemaRef {
     ]))
 }
 
-fn int32_lists(blobs: &[Option<Vec<u8>>]) -> ArrayRef {
-    Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(
-        blobs.iter().map(|b| {
-            b.as_ref().map(|b| {
-                b.chunks_exact(4)
-                    .map(|c| Some(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                    .collect::<Vec<_>>()
-            })
-        }),
-    ))
-}
-
-fn float32_lists(blobs: &[Option<Vec<u8>>]) -> ArrayRef {
-    Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>(
-        blobs.iter().map(|b| {
-            b.as_ref().map(|b| {
-                b.chunks_exact(4)
-                    .map(|c| Some(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                    .collect::<Vec<_>>()
-            })
-        }),
-    ))
-}
-
-/// Rows as one Arrow record batch with `export_schema()`.
-pub fn record_batch(rows: Rows, schema: &SchemaRef) -> Result<RecordBatch> {
-    let zone_names: Vec<Option<&str>> = rows
-        .zone
-        .iter()
-        .map(|z| z.and_then(|z| Zone::ALL.get(z as usize).map(|z| z.name())))
-        .collect();
-    let phase_names: Vec<Option<&str>> = rows
-        .think_phase
-        .iter()
-        .map(|p| p.and_then(|p| THINK_PHASES.get(p as usize).copied()))
-        .collect();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(rows.id)),
-        Arc::new(StringArray::from(rows.request_id)),
-        Arc::new(Int64Array::from(rows.step)),
-        Arc::new(StringArray::from(rows.session_id)),
-        Arc::new(Int64Array::from(rows.token_id)),
-        Arc::new(StringArray::from(rows.token_text)),
-        Arc::new(StringArray::from(phase_names)),
-        Arc::new(Int64Array::from(rows.segment_idx)),
-        Arc::new(FixedSizeListArray::new(
-            fingerprint_field(),
-            FINGERPRINT_DIM as i32,
-            Arc::new(Float32Array::from(rows.fingerprint)),
-            None,
-        )),
-        Arc::new(StringArray::from(zone_names)),
-        Arc::new(Float64Array::from(rows.manifold_confidence)),
-        Arc::new(Int64Array::from(rows.cluster_id)),
-        Arc::new(Float64Array::from(rows.cluster_probability)),
-        Arc::new(Float64Array::from(rows.router_entropy)),
-        Arc::new(Float64Array::from(rows.expert_load_balance)),
-        Arc::new(Float64Array::from(rows.sink_token_mass)),
-        int32_lists(&rows.top_k_positions),
-        float32_lists(&rows.top_k_scores),
-        int32_lists(&rows.capture_layer_ids),
-        int32_lists(&rows.top_expert_ids),
-        Arc::new(Int32Array::from(
-            rows.layout.iter().map(|&l| l as i32).collect::<Vec<_>>(),
-        )),
-        Arc::new(StringArray::from(rows.model_id)),
-        Arc::new(TimestampMicrosecondArray::from(rows.created_us).with_timezone("UTC")),
-    ];
-    RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| CoreError::Store(format!("building an Arrow batch: {e}")))
-}
-
 fn parquet_error(e: parquet::errors::ParquetError) -> CoreError {
     CoreError::Store(format!("writing Parquet: {e}"))
 }
@@ -177,7 +100,7 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn write(&mut self, day: i64, rows: Rows) -> Result<()> {
+    fn write(&mut self, day: i64, rows: ExportRows) -> Result<()> {
         if !self.files.contains_key(&day) {
             let name = format_day(day * MICROS_PER_DAY);
             let folder = self.dir.join(format!("day={name}"));
@@ -203,7 +126,7 @@ impl Encoder {
         }
         let file = self.files.get_mut(&day).expect("inserted above");
         file.rows += rows.len() as u64;
-        let batch = record_batch(rows, &self.schema)?;
+        let batch = rows.finish(&self.schema)?;
         file.writer.write(&batch).map_err(parquet_error)
     }
 
@@ -274,7 +197,7 @@ fn read_part(
     conn: &Connection,
     (lo, hi): (i64, i64),
     q: &Query,
-    to_encoder: &crossbeam_channel::Sender<(i64, Rows)>,
+    to_encoder: &crossbeam_channel::Sender<(i64, ExportRows)>,
     read: &AtomicU64,
 ) -> Result<u64> {
     let mut stmt = conn.prepare(&format!(
@@ -288,7 +211,7 @@ fn read_part(
         q.until_us.unwrap_or(i64::MAX)
     ])?;
     let mut names = RequestNames::new(conn)?;
-    let mut pending: BTreeMap<i64, Rows> = BTreeMap::new();
+    let mut pending: BTreeMap<i64, ExportRows> = BTreeMap::new();
     let mut total = 0u64;
     // A send fails only when the encoder stopped on an error, which the caller reports.
     while let Some(row) = cursor.next()? {
@@ -359,7 +282,7 @@ pub fn export_parquet(
         files: BTreeMap::new(),
     };
     let read_so_far = AtomicU64::new(0);
-    let (to_encoder, chunks) = crossbeam_channel::bounded::<(i64, Rows)>(2);
+    let (to_encoder, chunks) = crossbeam_channel::bounded::<(i64, ExportRows)>(2);
     let (read, encoded) = std::thread::scope(|scope| {
         let encoding = scope.spawn(move || -> Result<Encoder> {
             for (day, rows) in chunks {

@@ -4,6 +4,7 @@
 pub mod batch;
 mod connection;
 pub mod export;
+mod export_rows;
 pub mod messages;
 pub mod options;
 mod queue;

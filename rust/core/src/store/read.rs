@@ -74,17 +74,17 @@ pub const CREATED_COLUMN: usize = 20;
 
 /// Typed access to one row's values, without rusqlite's per-call conversions. A value of
 /// the wrong type (written by another tool) is an error naming the row and column.
-struct Values<'r, 's> {
-    row: &'r Row<'s>,
-    id: i64,
+pub(super) struct Values<'r, 's> {
+    pub row: &'r Row<'s>,
+    pub id: i64,
 }
 
 impl Values<'_, '_> {
-    fn value(&self, i: usize) -> ValueRef<'_> {
+    pub(super) fn value(&self, i: usize) -> ValueRef<'_> {
         self.row.get_ref_unwrap(i)
     }
 
-    fn wrong(&self, i: usize, want: &str) -> CoreError {
+    pub(super) fn wrong(&self, i: usize, want: &str) -> CoreError {
         let name = SELECT_COLUMNS
             .split(',')
             .nth(i)
@@ -93,7 +93,7 @@ impl Values<'_, '_> {
         CoreError::Store(format!("row id {}: column {name} is not {want}", self.id))
     }
 
-    fn int(&self, i: usize) -> Result<Option<i64>> {
+    pub(super) fn int(&self, i: usize) -> Result<Option<i64>> {
         match self.value(i) {
             ValueRef::Null => Ok(None),
             ValueRef::Integer(v) => Ok(Some(v)),
@@ -101,13 +101,13 @@ impl Values<'_, '_> {
         }
     }
 
-    fn code(&self, i: usize) -> Result<Option<u8>> {
+    pub(super) fn code(&self, i: usize) -> Result<Option<u8>> {
         self.int(i)?
             .map(|v| u8::try_from(v).map_err(|_| self.wrong(i, "a code from 0 to 255")))
             .transpose()
     }
 
-    fn real(&self, i: usize) -> Result<Option<f64>> {
+    pub(super) fn real(&self, i: usize) -> Result<Option<f64>> {
         match self.value(i) {
             ValueRef::Null => Ok(None),
             ValueRef::Real(v) => Ok(Some(v)),
@@ -116,7 +116,7 @@ impl Values<'_, '_> {
         }
     }
 
-    fn text(&self, i: usize) -> Result<Option<String>> {
+    pub(super) fn text(&self, i: usize) -> Result<Option<String>> {
         match self.value(i) {
             ValueRef::Null => Ok(None),
             ValueRef::Text(t) => Ok(Some(String::from_utf8_lossy(t).into_owned())),
@@ -124,7 +124,18 @@ impl Values<'_, '_> {
         }
     }
 
-    fn blob(&self, i: usize) -> Result<Option<&[u8]>> {
+    /// Text without a copy (invalid UTF-8, possible from other writers, is an error).
+    pub(super) fn text_ref(&self, i: usize) -> Result<Option<&str>> {
+        match self.value(i) {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .map(Some)
+                .map_err(|_| self.wrong(i, "UTF-8 text")),
+            _ => Err(self.wrong(i, "text")),
+        }
+    }
+
+    pub(super) fn blob(&self, i: usize) -> Result<Option<&[u8]>> {
         match self.value(i) {
             ValueRef::Null => Ok(None),
             ValueRef::Blob(b) => Ok(Some(b)),
@@ -216,7 +227,14 @@ impl<'c> RequestNames<'c> {
 /// row can match. Time filters use the hourly id ranges (`af_hour_ids`), so the range is a
 /// superset: callers still check `created_us`.
 pub fn candidate_ids(conn: &Connection, q: &Query) -> Result<Option<(i64, i64)>> {
-    let (mut lo, mut hi) = (0i64, i64::MAX);
+    // The ids in use (min and max of a rowid are one b-tree descent each).
+    let (first, last): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM af_fingerprints", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(mut hi)) = (first, last) else {
+        return Ok(None);
+    };
     if let Some(request_id) = &q.request_id {
         let key: Option<i64> = conn
             .query_row(
@@ -226,8 +244,8 @@ pub fn candidate_ids(conn: &Connection, q: &Query) -> Result<Option<(i64, i64)>>
             )
             .optional()?;
         let Some(key) = key else { return Ok(None) };
-        lo = key << STEP_BITS;
-        hi = lo | MAX_STEP;
+        lo = lo.max(key << STEP_BITS);
+        hi = hi.min((key << STEP_BITS) | MAX_STEP);
     }
     if let Some(since) = q.since_us {
         let first: Option<i64> = conn.query_row(
