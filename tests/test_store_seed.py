@@ -215,3 +215,7 @@ def test_rows_changed_with_sql_keep_the_views_right(tmp_path: Path) -> None:
     assert growth == {2: 4, 5: 4}
     (total,) = conn.execute("SELECT sum(count) FROM zone_distribution_hourly").fetchone()
     assert total == 8
+    conn.close()
+    with FingerprintStore(path) as store:
+        assert store.count() == 8
+        assert store.stats()["rows"] == 8

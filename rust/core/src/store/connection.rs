@@ -7,9 +7,10 @@ use rusqlite::{Connection, OpenFlags};
 use super::options::StoreOptions;
 use crate::error::{CoreError, Result};
 
-/// Why: reads through a memory map skip one copy of every page (read() into SQLite's cache);
-/// exports and large reads spent a fifth of their time in that copy.
-const READ_PRAGMAS: &str = "PRAGMA mmap_size = 1099511627776;";
+/// For connections that only read: reads through a memory map skip one copy of every page
+/// (read() into SQLite's cache). Not for the writer, whose process would then count every
+/// page it touches as resident memory.
+pub const READ_PRAGMAS: &str = "PRAGMA mmap_size = 1099511627776;";
 
 /// Opens a connection to `path` (created if missing) in WAL mode with the store's PRAGMAs.
 pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection> {
@@ -30,12 +31,13 @@ pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection> {
             path.display()
         )));
     }
+    // The seed's PRAGMAs, plus a cap on the WAL file left behind after a checkpoint (64 MB).
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {};
          PRAGMA cache_size = -64000;
          PRAGMA temp_store = MEMORY;
          PRAGMA foreign_keys = OFF;
-         {READ_PRAGMAS}",
+         PRAGMA journal_size_limit = 67108864;",
         opts.synchronous.pragma()
     ))?;
     Ok(conn)

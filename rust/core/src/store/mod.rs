@@ -60,6 +60,7 @@ impl Store {
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store> {
         let mut conn = connection::open(path, &opts)?;
         let migrated_rows = schema::ensure_schema(&mut conn)?;
+        conn.execute_batch(connection::READ_PRAGMAS)?;
         let budget = Arc::new(RowBudget::new(opts.max_queued_rows));
         let counters = Arc::new(WriterCounters::default());
         let thread = writer::spawn(path, &opts, budget.clone(), counters.clone())?;

@@ -227,11 +227,13 @@ impl<'c> RequestNames<'c> {
 /// row can match. Time filters use the hourly id ranges (`af_hour_ids`), so the range is a
 /// superset: callers still check `created_us`.
 pub fn candidate_ids(conn: &Connection, q: &Query) -> Result<Option<(i64, i64)>> {
-    // The ids in use (min and max of a rowid are one b-tree descent each).
-    let (first, last): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT min(id), max(id) FROM af_fingerprints", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    // The ids in use, one b-tree descent each. Two subqueries: SQLite answers a lone min() or
+    // max() from the b-tree's ends, but scans the table for `SELECT min(id), max(id)`.
+    let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT min(id) FROM af_fingerprints), (SELECT max(id) FROM af_fingerprints)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (Some(mut lo), Some(mut hi)) = (first, last) else {
         return Ok(None);
     };

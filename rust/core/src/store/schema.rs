@@ -109,7 +109,8 @@ pub fn ensure_schema(conn: &mut Connection) -> Result<u64> {
     if seed {
         tx.execute_batch(COPY_SEED_ROWS_SQL)?;
         tx.execute(
-            "INSERT OR REPLACE INTO af_meta (key, value) VALUES ('migrated_seed_rows', ?1)",
+            "INSERT OR REPLACE INTO af_meta (key, value) VALUES ('migrated_seed_rows', ?1), \
+             ('rows', ?1)",
             [migrated as i64],
         )?;
     }

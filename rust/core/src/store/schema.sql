@@ -63,12 +63,14 @@ CREATE TABLE IF NOT EXISTS af_cluster_daily (
     PRIMARY KEY (day, cluster_id)
 ) WITHOUT ROWID;
 
--- Store bookkeeping: duplicate rows refused, the store's physical schema version.
+-- Store bookkeeping: the physical schema version, rows stored (count(*) scans the table),
+-- duplicate rows refused.
 CREATE TABLE IF NOT EXISTS af_meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO af_meta (key, value) VALUES ('store_schema', 1), ('duplicates_rejected', 0);
+INSERT OR IGNORE INTO af_meta (key, value)
+VALUES ('store_schema', 1), ('duplicates_rejected', 0), ('rows', 0);
 
 -- The seed's tables, column for column.
 CREATE TABLE IF NOT EXISTS request_summary (
@@ -267,6 +269,7 @@ LIMIT 10000;
 CREATE TRIGGER IF NOT EXISTS af_fingerprints_counts_delete
 AFTER DELETE ON af_fingerprints
 BEGIN
+    UPDATE af_meta SET value = value - 1 WHERE key = 'rows';
     UPDATE af_zone_hourly
     SET count = count - 1,
         confidence_sum = confidence_sum - coalesce(OLD.manifold_confidence, 0),
@@ -348,6 +351,7 @@ BEGIN
         -- Rounded to the millisecond, which a julianday double holds exactly.
         CAST(round((julianday(coalesce(NEW.created_at, 'now')) - 2440587.5) * 86400000)
              AS INTEGER) * 1000);
+    UPDATE af_meta SET value = value + 1 WHERE key = 'rows';
     INSERT INTO af_hour_ids (hour, min_id, max_id)
     SELECT created_us / 3600000000, id, id FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
         FROM af_requests WHERE request_id = NEW.request_id)

@@ -149,6 +149,10 @@ impl Deltas {
         for (&hour, &(lo, hi)) in &self.hour_ids {
             hours.execute(params![hour, lo, hi])?;
         }
+        tx.execute(
+            "UPDATE af_meta SET value = value + ?1 WHERE key = 'rows'",
+            [self.inserted as i64],
+        )?;
         if self.duplicates > 0 {
             tx.execute(
                 "UPDATE af_meta SET value = value + ?1 WHERE key = 'duplicates_rejected'",
