@@ -25,7 +25,18 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def test_help_lists_commands():
     out = run("--help").stdout
-    for command in ("version", "demo", "fingerprint", "zones"):
+    for command in (
+        "version",
+        "demo",
+        "fingerprint",
+        "zones",
+        "init",
+        "ingest",
+        "query",
+        "stats",
+        "export",
+        "sidecar",
+    ):
         assert command in out
 
 
@@ -43,6 +54,7 @@ def test_demo_fingerprints_every_pattern():
     for zone in ("syntax_floor", "structure_ripple", "semantic_bridge"):
         assert zone in out
     assert "round trip exact: True" in out
+    assert "Stored them in a fingerprint database (80 rows, 5 requests)" in out
 
 
 def test_fingerprint_then_zones(tmp_path, rng):
