@@ -3,6 +3,7 @@
 
 mod error;
 mod fingerprint;
+mod messages;
 mod pack;
 mod store;
 mod zone;
@@ -16,9 +17,11 @@ mod _core {
     #[pymodule_export]
     use fingerprint::{fingerprints_f16, fingerprints_f32, fingerprints_topk, set_simd_limit};
     #[pymodule_export]
+    use messages::PyMessageDecoder;
+    #[pymodule_export]
     use pack::{pack_fingerprints, unpack_fingerprints};
     #[pymodule_export]
-    use store::{PyMessageDecoder, PyStore};
+    use store::PyStore;
     #[pymodule_export]
     use zone::zone_codes;
 
