@@ -94,9 +94,10 @@ def run(
 
 def _store(console: Console, per_pattern: list[np.ndarray]) -> None:
     """Each pattern as one request in a temporary database, then the seed's zone view."""
-    with tempfile.TemporaryDirectory() as tmp, attnfast.FingerprintStore(
-        Path(tmp) / "demo.db"
-    ) as store:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        attnfast.FingerprintStore(Path(tmp) / "demo.db") as store,
+    ):
         start = time.perf_counter()
         for name, fps in zip(PATTERNS, per_pattern, strict=True):
             store.append(f"demo-{name}", np.arange(1, len(fps) + 1), fps, model_id="synthetic")
