@@ -27,3 +27,14 @@ def test_example_runs(block, capsys):
     # Examples that say what they print must print it.
     for expected in re.findall(r"# (attention step .*)", block):
         assert expected in printed
+
+
+@pytest.mark.parametrize("module", ["attnfast", "attnfast.store", "attnfast.messages"])
+def test_docstring_examples_run(module: str) -> None:
+    """The ``>>>`` examples in module docstrings are part of the docs too."""
+    import doctest
+    import importlib
+
+    results = doctest.testmod(importlib.import_module(module))
+    assert results.attempted > 0
+    assert results.failed == 0

@@ -24,167 +24,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from attnfast import _core
-from attnfast._arrays import float32_rows, to_numpy
-from attnfast._time import to_us, to_us_array
-from attnfast.exceptions import DtypeError, InvalidInputError, ShapeError, StoreError
+from attnfast._arrays import float32_rows
+from attnfast._store_columns import OPTIONAL_COLUMNS, THINK_PHASES, ints, normalise_columns
+from attnfast._store_tables import as_arrow, as_numpy
+from attnfast._time import to_us
+from attnfast.exceptions import InvalidInputError, ShapeError, StoreError
 from attnfast.fingerprint import FINGERPRINT_DIM, ZONES
 from attnfast.layout import Layout
-
-THINK_PHASES: tuple[str, ...] = ("think", "output", "unknown")
-_NULL_CODE = 255
-
-_TEXT_COLUMNS = ("session_id", "token_text", "model_id")
-_INT_COLUMNS = ("token_id", "segment_idx", "cluster_id")
-_REAL_COLUMNS = (
-    "manifold_confidence",
-    "cluster_probability",
-    "router_entropy",
-    "expert_load_balance",
-    "sink_token_mass",
-)
-_LIST_COLUMNS = {
-    "top_k_positions": np.int32,
-    "top_k_scores": np.float32,
-    "capture_layer_ids": np.int32,
-    "top_expert_ids": np.int32,
-}
-OPTIONAL_COLUMNS: tuple[str, ...] = (
-    "created_at",
-    *_TEXT_COLUMNS,
-    *_INT_COLUMNS,
-    "think_phase",
-    "manifold_zone",
-    *_REAL_COLUMNS,
-    *_LIST_COLUMNS,
-)
-
-
-def _rows_of(value: Any, rows: int, what: str) -> NDArray[Any]:
-    """A per-row array; a scalar is repeated for every row."""
-    arr = to_numpy(value) if not isinstance(value, list | tuple) else np.asarray(value)
-    if arr.ndim == 0:
-        return np.full(rows, arr.item())
-    if arr.ndim != 1 or len(arr) != rows:
-        raise ShapeError(f"{what} must be one value or {rows} values, got shape {arr.shape}")
-    return arr
-
-
-def _nullable_ints(value: Any, rows: int, what: str) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
-    """Integers with None for NULL, as (values, valid)."""
-    if isinstance(value, list | tuple) and any(v is None for v in value):
-        valid = np.array([v is not None for v in value], dtype=np.bool_)
-        values = _ints([0 if v is None else v for v in value], rows, what)
-        return values, valid
-    return _ints(value, rows, what), np.ones(rows, dtype=np.bool_)
-
-
-def _ints(value: Any, rows: int, what: str) -> NDArray[np.int64]:
-    arr = _rows_of(value, rows, what)
-    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
-        raise DtypeError(f"{what} must be integers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _reals(value: Any, rows: int, what: str) -> NDArray[np.float64]:
-    if isinstance(value, list | tuple):
-        value = [np.nan if v is None else v for v in value]
-    arr = _rows_of(value, rows, what)
-    if arr.dtype.kind not in "iuf":
-        raise DtypeError(f"{what} must be real numbers (NaN or None for missing), got {arr.dtype}")
-    out = np.ascontiguousarray(arr, dtype=np.float64)
-    if np.isinf(out).any():
-        raise InvalidInputError(f"{what} row {int(np.isinf(out).argmax())} is infinite")
-    return out
-
-
-def _codes(value: Any, rows: int, names: Sequence[str], what: str) -> NDArray[np.uint8]:
-    """Names (or None) to the schema's codes."""
-    values = [value] * rows if isinstance(value, str) or value is None else list(value)
-    if len(values) != rows:
-        raise ShapeError(f"{what} has {len(values)} rows but steps has {rows}")
-    lookup = {name: i for i, name in enumerate(names)}
-    out = np.empty(rows, dtype=np.uint8)
-    for row, name in enumerate(values):
-        if name is None:
-            out[row] = _NULL_CODE
-        elif name in lookup:
-            out[row] = lookup[name]
-        else:
-            raise InvalidInputError(
-                f"{what} of row {row} is {name!r}; expected one of {', '.join(names)} or None"
-            )
-    return out
-
-
-def _texts(value: Any, rows: int, what: str) -> str | list[str | None]:
-    if isinstance(value, str):
-        return value
-    values = value.tolist() if isinstance(value, np.ndarray) else list(value)
-    if len(values) != rows:
-        raise ShapeError(f"{what} has {len(values)} rows but steps has {rows}")
-    return values
-
-
-def _lists(value: Any, rows: int, dtype: type, what: str) -> tuple[NDArray[np.int64], NDArray[Any]]:
-    """A (rows, k) array or a sequence of 1-D arrays (None or empty for NULL) as Arrow-style
-    offsets and values."""
-    if isinstance(value, np.ndarray) or hasattr(value, "detach"):
-        arr = to_numpy(value)
-        if arr.ndim == 1 and rows == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2 or arr.shape[0] != rows:
-            raise ShapeError(f"{what} must be ({rows}, k) or a list of {rows} arrays")
-        offsets = np.arange(rows + 1, dtype=np.int64) * arr.shape[1]
-        return offsets, np.ascontiguousarray(arr.reshape(-1), dtype=dtype)
-    items = list(value)
-    if len(items) != rows:
-        raise ShapeError(f"{what} has {len(items)} rows but steps has {rows}")
-    parts: list[NDArray[Any]] = [
-        np.zeros(0, dtype) if v is None else np.asarray(v, dtype=dtype).reshape(-1) for v in items
-    ]
-    offsets = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in parts], out=offsets[1:])
-    values = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    return offsets, np.ascontiguousarray(values, dtype=dtype)
-
-
-def _columns(rows: int, given: dict[str, Any]) -> dict[str, Any]:
-    """The optional columns, normalised for the core."""
-    unknown = sorted(set(given) - set(OPTIONAL_COLUMNS))
-    if unknown:
-        raise InvalidInputError(
-            f"unknown column(s) {', '.join(unknown)}; known: {', '.join(OPTIONAL_COLUMNS)}"
-        )
-    out: dict[str, Any] = {}
-    for name, value in given.items():
-        if value is None:
-            continue
-        if name == "created_at":
-            out["created_us"] = to_us_array(value, rows, name)
-        elif name in _TEXT_COLUMNS:
-            out[name] = _texts(value, rows, name)
-        elif name in _INT_COLUMNS:
-            out[name] = _nullable_ints(value, rows, name)
-        elif name in _REAL_COLUMNS:
-            out[name] = _reals(value, rows, name)
-        elif name == "think_phase":
-            out[name] = _codes(value, rows, THINK_PHASES, name)
-        elif name == "manifold_zone":
-            out["zone"] = _codes(value, rows, ZONES, name)
-        else:
-            out[name] = _lists(value, rows, _LIST_COLUMNS[name], name)
-    return out
-
-
-def _named(codes: NDArray[np.uint8], valid: NDArray[np.bool_], names: Sequence[str]) -> list[Any]:
-    return [names[c] if ok else None for c, ok in zip(codes.tolist(), valid.tolist(), strict=True)]
-
-
-def _unpack_lists(blobs: list[bytes | None], dtype: type) -> list[Any]:
-    return [
-        None if b is None else np.frombuffer(b, dtype=np.dtype(dtype).newbyteorder("<"))
-        for b in blobs
-    ]
 
 
 class FingerprintStore:
@@ -250,7 +96,7 @@ class FingerprintStore:
         """
         fps = float32_rows(fingerprints, "fingerprints", FINGERPRINT_DIM)
         rows = fps.shape[0]
-        step_array = _ints(steps, rows, "steps")
+        step_array = ints(steps, rows, "steps")
         ids: str | list[str]
         if isinstance(request_ids, str):
             ids = request_ids
@@ -259,7 +105,9 @@ class FingerprintStore:
             if len(ids) != rows:
                 raise ShapeError(f"request_ids has {len(ids)} rows but fingerprints has {rows}")
         code = Layout.of(layout).code
-        count: int = self._store.append(ids, step_array, fps, code, _columns(rows, columns))
+        count: int = self._store.append(
+            ids, step_array, fps, code, normalise_columns(rows, columns)
+        )
         return count
 
     def flush(self) -> None:
@@ -340,7 +188,7 @@ class FingerprintStore:
             None if limit is None else int(limit),
             newest_first,
         )
-        return _as_numpy(cols) if format == "numpy" else _as_arrow(cols)
+        return as_numpy(cols) if format == "numpy" else as_arrow(cols)
 
     def requests(self, limit: int | None = None) -> list[dict[str, Any]]:
         """``request_summary`` rows, most recently started first."""
@@ -412,62 +260,6 @@ class FingerprintStore:
             "rows": rows,
             "files": [{"day": d, "path": p, "rows": n} for d, p, n in files],
         }
-
-
-def _as_numpy(cols: dict[str, Any]) -> dict[str, Any]:
-    """Nullable numeric columns become float arrays with NaN, or object arrays for ints."""
-    out: dict[str, Any] = {}
-    for name, value in cols.items():
-        if isinstance(value, tuple):
-            values, valid = value
-            if name == "zone":
-                out["manifold_zone"] = _named(values, valid, ZONES)
-            elif name == "think_phase":
-                out[name] = _named(values, valid, THINK_PHASES)
-            elif values.dtype.kind == "f":
-                out[name] = np.where(valid, values, np.nan)
-            else:
-                out[name] = np.where(valid, values, -1) if name == "cluster_id" else values
-                out[name + "_valid"] = valid
-        elif name in _LIST_COLUMNS:
-            out[name] = _unpack_lists(value, _LIST_COLUMNS[name])
-        elif name == "layout":
-            out["schema_version"] = value
-        elif name == "created_us":
-            out["created_at"] = value.astype("datetime64[us]")
-        else:
-            out[name] = value
-    return out
-
-
-def _as_arrow(cols: dict[str, Any]) -> Any:
-    import pyarrow as pa
-
-    arrays: dict[str, Any] = {}
-    for name, value in cols.items():
-        if isinstance(value, tuple):
-            values, valid = value
-            if name == "zone":
-                arrays["manifold_zone"] = pa.array(_named(values, valid, ZONES), pa.string())
-            elif name == "think_phase":
-                arrays[name] = pa.array(_named(values, valid, THINK_PHASES), pa.string())
-            else:
-                arrays[name] = pa.array(values, mask=~valid)
-        elif name == "fingerprint":
-            flat = pa.array(value.reshape(-1), pa.float32())
-            arrays[name] = pa.FixedSizeListArray.from_arrays(flat, FINGERPRINT_DIM)
-        elif name in _LIST_COLUMNS:
-            item = pa.float32() if _LIST_COLUMNS[name] is np.float32 else pa.int32()
-            arrays[name] = pa.array(_unpack_lists(value, _LIST_COLUMNS[name]), pa.list_(item))
-        elif name == "layout":
-            arrays["schema_version"] = pa.array(value, pa.int32())
-        elif name == "created_us":
-            arrays["created_at"] = pa.array(value, pa.timestamp("us", tz="UTC"))
-        elif name in ("request_id", *_TEXT_COLUMNS):
-            arrays[name] = pa.array(value, pa.string())
-        else:
-            arrays[name] = pa.array(value)
-    return pa.table(arrays)
 
 
 __all__ = ["OPTIONAL_COLUMNS", "THINK_PHASES", "FingerprintStore"]
