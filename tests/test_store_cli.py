@@ -132,3 +132,44 @@ def test_export_is_read_by_pyarrow_polars_duckdb(tmp_path: Path, rng: np.random.
     assert "already holds an export" in again.stderr
     run("export", "--db", str(db), "--out", str(out), "--overwrite", "--since", "2026-04-02")
     assert ds.dataset(out, format="parquet", partitioning="hive").to_table().num_rows == 200
+
+
+def test_export_keeps_sparse_columns_however_written(tmp_path: Path) -> None:
+    """Exports skip sparse columns that never held a value; each way of writing one (append,
+    SQL UPDATE, the seed's view, a converted seed database) must make it count again."""
+    import sqlite3
+    import struct
+
+    from seed_schema import create_seed_db, seed_insert
+
+    blob = struct.pack("<20f", *([0.05] * 20))
+    db = tmp_path / "a.db"
+    with FingerprintStore(db) as store:
+        store.append("r", [1, 2], np.zeros((2, 20), np.float32), session_id=["s", None])
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("UPDATE af_fingerprints SET model_id = 'm' WHERE (id & 16777215) = 2")
+    conn.execute(
+        "INSERT INTO fingerprints (request_id, step, fingerprint, token_text) "
+        "VALUES ('v', 1, ?, 'hello')",
+        (blob,),
+    )
+    conn.close()
+    seed_path = tmp_path / "seed.db"
+    seed = create_seed_db(seed_path)
+    seed_insert(seed, [{"request_id": "q", "step": 1, "fingerprint": [0.1] * 20,
+                        "sink_token_mass": 0.25}])  # fmt: skip
+    seed.close()
+
+    def exported(path: Path) -> dict[str, list[object]]:
+        out = tmp_path / f"out-{path.stem}"
+        with FingerprintStore(path) as store:
+            store.export_parquet(out)
+        table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
+        return table.sort_by([("request_id", "ascending"), ("step", "ascending")]).to_pydict()
+
+    a = exported(db)
+    assert a["session_id"] == ["s", None, None]
+    assert a["model_id"] == [None, "m", None]
+    assert a["token_text"] == [None, None, "hello"]
+    assert a["router_entropy"] == [None, None, None]
+    assert exported(seed_path)["sink_token_mass"] == [0.25]

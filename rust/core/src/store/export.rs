@@ -15,8 +15,8 @@ use rusqlite::Connection;
 
 use super::batch::{MAX_STEP, STEP_BITS};
 use super::connection;
-use super::export_rows::ExportRows;
-use super::read::{CREATED_COLUMN, Query, RequestNames, SELECT_COLUMNS, candidate_ids};
+use super::export_rows::{ColumnSet, ExportRows};
+use super::read::{CREATED_COLUMN, Query, RequestNames, candidate_ids};
 use super::time::{MICROS_PER_DAY, format_day};
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
@@ -208,9 +208,10 @@ fn read_part(
 ) -> Result<u64> {
     // The time check only when there is a time filter: it is evaluated for every row.
     let timed = q.since_us.is_some() || q.until_us.is_some();
+    let columns = ColumnSet::of(conn)?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT {SELECT_COLUMNS} FROM af_fingerprints f WHERE f.id BETWEEN ?1 AND ?2 {} \
-         ORDER BY f.id",
+        "SELECT {} FROM af_fingerprints f WHERE f.id BETWEEN ?1 AND ?2 {} ORDER BY f.id",
+        columns.select_sql(),
         if timed {
             "AND f.created_us >= ?3 AND f.created_us < ?4"
         } else {
@@ -233,9 +234,16 @@ fn read_part(
     while let Some(row) = cursor.next()? {
         let created: i64 = row.get(CREATED_COLUMN)?;
         let day = created.div_euclid(MICROS_PER_DAY);
-        let rows = pending.entry(day).or_default();
+        let rows = pending
+            .entry(day)
+            .or_insert_with(|| ExportRows::new(columns));
         rows.push(row, &mut names)?;
-        if rows.len() >= CHUNK && to_encoder.send((day, std::mem::take(rows))).is_err() {
+        let full = rows.len() >= CHUNK;
+        if full
+            && to_encoder
+                .send((day, std::mem::replace(rows, ExportRows::new(columns))))
+                .is_err()
+        {
             return Ok(total);
         }
         total += 1;

@@ -4,6 +4,25 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::{CoreError, Result};
 
+/// Optional columns that are often NULL everywhere. `af_meta` gets a `has:<column>` row once
+/// one of them holds a value (by the writer, the view's trigger or an update trigger);
+/// exports read only those that have one.
+pub const SPARSE_COLUMNS: [&str; 13] = [
+    "session_id",
+    "token_id",
+    "token_text",
+    "think_phase",
+    "cluster_probability",
+    "router_entropy",
+    "expert_load_balance",
+    "sink_token_mass",
+    "top_k_positions",
+    "top_k_scores",
+    "capture_layer_ids",
+    "top_expert_ids",
+    "model_id",
+];
+
 /// The whole schema; every statement is idempotent.
 pub const SCHEMA_SQL: &str = include_str!("schema.sql");
 
@@ -113,6 +132,16 @@ pub fn ensure_schema(conn: &mut Connection) -> Result<u64> {
              ('rows', ?1)",
             [migrated as i64],
         )?;
+        for column in SPARSE_COLUMNS {
+            // Column names come from the constant above, never from input.
+            tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:{column}', 1 \
+                     WHERE EXISTS (SELECT 1 FROM af_fingerprints WHERE {column} IS NOT NULL)"
+                ),
+                [],
+            )?;
+        }
     }
     let version: i64 = tx.query_row(
         "SELECT value FROM af_meta WHERE key = 'store_schema'",

@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS af_cluster_daily (
 ) WITHOUT ROWID;
 
 -- Store bookkeeping: the physical schema version, rows stored (count(*) scans the table),
--- duplicate rows refused.
+-- duplicate rows refused, and one 'has:<column>' row per sparse column that holds a value
+-- somewhere (exports skip reading the others: reading a NULL still costs).
 CREATE TABLE IF NOT EXISTS af_meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -306,6 +307,26 @@ BEGIN
         min_id = min(min_id, excluded.min_id), max_id = max(max_id, excluded.max_id);
 END;
 
+-- Sparse columns set with SQL mark themselves too (the list is schema::SPARSE_COLUMNS; the
+-- view's trigger below repeats it: SQL triggers cannot share statements).
+CREATE TRIGGER IF NOT EXISTS af_fingerprints_sparse_update
+AFTER UPDATE OF session_id, token_id, token_text, think_phase, cluster_probability, router_entropy, expert_load_balance, sink_token_mass, top_k_positions, top_k_scores, capture_layer_ids, top_expert_ids, model_id ON af_fingerprints
+BEGIN
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:session_id', 1 WHERE NEW.session_id IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_id', 1 WHERE NEW.token_id IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_text', 1 WHERE NEW.token_text IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:think_phase', 1 WHERE NEW.think_phase IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:cluster_probability', 1 WHERE NEW.cluster_probability IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:router_entropy', 1 WHERE NEW.router_entropy IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:expert_load_balance', 1 WHERE NEW.expert_load_balance IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:sink_token_mass', 1 WHERE NEW.sink_token_mass IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_positions', 1 WHERE NEW.top_k_positions IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_scores', 1 WHERE NEW.top_k_scores IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:capture_layer_ids', 1 WHERE NEW.capture_layer_ids IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_expert_ids', 1 WHERE NEW.top_expert_ids IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:model_id', 1 WHERE NEW.model_id IS NOT NULL;
+END;
+
 -- Writes through the seed's view (the seed's own sidecar, `INSERT INTO fingerprints`):
 -- the row lands in the tables above with the same bookkeeping as the writer's. A repeated
 -- (request_id, step) is refused and counted even under INSERT OR REPLACE: never overwritten.
@@ -371,6 +392,19 @@ BEGIN
     FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
         FROM af_requests WHERE request_id = NEW.request_id) AND cluster_id IS NOT NULL
     ON CONFLICT (day, cluster_id) DO UPDATE SET count = count + 1;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:session_id', 1 WHERE NEW.session_id IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_id', 1 WHERE NEW.token_id IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_text', 1 WHERE NEW.token_text IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:think_phase', 1 WHERE NEW.think_phase IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:cluster_probability', 1 WHERE NEW.cluster_probability IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:router_entropy', 1 WHERE NEW.router_entropy IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:expert_load_balance', 1 WHERE NEW.expert_load_balance IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:sink_token_mass', 1 WHERE NEW.sink_token_mass IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_positions', 1 WHERE NEW.top_k_positions IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_scores', 1 WHERE NEW.top_k_scores IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:capture_layer_ids', 1 WHERE NEW.capture_layer_ids IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_expert_ids', 1 WHERE NEW.top_expert_ids IS NOT NULL;
+    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:model_id', 1 WHERE NEW.model_id IS NOT NULL;
     INSERT INTO request_summary (request_id, total_steps, model_id, started_at)
     SELECT NEW.request_id, 1, model_id,
            strftime('%Y-%m-%d %H:%M:%S', created_us / 1000000, 'unixepoch')

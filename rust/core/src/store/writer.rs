@@ -16,6 +16,7 @@ use super::batch::{Batch, ListColumn, NULL_CODE, TextColumn, row_id};
 use super::connection;
 use super::options::{DuplicatePolicy, StoreOptions};
 use super::queue::RowBudget;
+use super::schema::SPARSE_COLUMNS;
 use super::summary::{Deltas, InsertedRow};
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
@@ -200,11 +201,14 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut deltas = Deltas::default();
         let mut duplicates = Vec::new();
+        let mut written_columns = Vec::new();
         for batch in batches {
             let keys = request_keys(&tx, &mut self.keys, &batch.request_ids)?;
             insert_rows(&tx, batch, &keys, &mut deltas, &mut duplicates)?;
+            written_columns.extend(optional_columns(batch).into_iter().map(|(name, _)| name));
         }
         deltas.write(&tx)?;
+        mark_sparse_columns(&tx, &written_columns)?;
         tx.commit()?;
         self.counters
             .rows_written
@@ -218,6 +222,16 @@ impl Writer {
         self.duplicates.extend(duplicates.into_iter().take(room));
         Ok(())
     }
+}
+
+/// Records which sparse columns now hold values (see `schema::SPARSE_COLUMNS`).
+fn mark_sparse_columns(tx: &Transaction<'_>, written: &[&str]) -> Result<()> {
+    let mut mark =
+        tx.prepare_cached("INSERT OR IGNORE INTO af_meta (key, value) VALUES (?1, 1)")?;
+    for column in SPARSE_COLUMNS.iter().filter(|c| written.contains(c)) {
+        mark.execute([format!("has:{column}")])?;
+    }
+    Ok(())
 }
 
 /// The integer key of each request id, creating the missing ones.
