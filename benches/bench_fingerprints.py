@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import attnfast  # noqa: E402
 from fingerprint_reference import reference_fingerprints  # noqa: E402
+from timing import best_time  # noqa: E402
 
 SHAPES = [(64, 32, 32, 4096), (512, 12, 12, 512)]
 QUICK_SHAPES = [(8, 32, 32, 4096), (64, 12, 12, 512)]
@@ -39,16 +39,6 @@ def attention(shape: tuple[int, ...], dtype: str) -> np.ndarray:
     normalised by both sides anyway."""
     a = np.random.default_rng(0).random(shape, dtype=np.float32)
     return a if dtype == "float32" else a.astype(DTYPES[dtype])
-
-
-def best_time(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` runs: on a shared machine the other runs measure neighbours."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def time_attnfast(shape: tuple[int, ...], dtype: str, repeats: int) -> float:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import attnfast  # noqa: E402
 from seed_schema import SEED_SCHEMA  # noqa: E402
+from timing import best_time  # noqa: E402
 
 STEPS_PER_REQUEST = 1000
 
@@ -285,15 +286,6 @@ def bench_sidecar(http_rows: int, zmq_messages: int) -> dict[str, Any]:
 # -- 3. a large database -------------------------------------------------------------------------
 
 
-def best(fn: Any, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def bench_large(rows: int) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": rows}
     with tempfile.TemporaryDirectory() as tmp:
@@ -316,16 +308,20 @@ def bench_large(rows: int) -> dict[str, Any]:
             request = f"req-{rows // STEPS_PER_REQUEST // 2:07d}"
             zones = store.sql("SELECT * FROM zone_distribution_hourly")
             out["zone_hours_rows"] = len(zones)
-            out["zone_hourly_s"] = best(lambda: store.sql("SELECT * FROM zone_distribution_hourly"))
+            out["zone_hourly_s"] = best_time(
+                lambda: store.sql("SELECT * FROM zone_distribution_hourly"), 3
+            )
             seed_sql = "SELECT * FROM fingerprints WHERE request_id = ? ORDER BY step"
             assert len(store.sql(seed_sql, [request])) == STEPS_PER_REQUEST
-            out["request_seed_sql_s"] = best(lambda: store.sql(seed_sql, [request]))
-            out["request_read_s"] = best(lambda: store.read(request_id=request))
-            out["since_1h_read_s"] = best(
+            out["request_seed_sql_s"] = best_time(lambda: store.sql(seed_sql, [request]))
+            out["request_read_s"] = best_time(lambda: store.read(request_id=request))
+            out["since_1h_read_s"] = best_time(
                 lambda: store.read(since=1_780_000_000 + 86400, until=1_780_000_000 + 90000)
             )
             target = Path(tmp) / "export"
-            out["export_s"] = best(lambda: store.export_parquet(target, overwrite=True), repeats=2)
+            out["export_s"] = best_time(
+                lambda: store.export_parquet(target, overwrite=True), repeats=2
+            )
             out["export_rows_per_s"] = rows / out["export_s"]
             out["db_mb"] = db.stat().st_size / 1e6
             shutil.rmtree(target)
