@@ -24,3 +24,11 @@ def kernel_path(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261122)
+
+
+@pytest.fixture(scope="session")
+def builtin_model():  # type: ignore[no-untyped-def]
+    """The built-in model (trained once per cache directory, under a minute)."""
+    from attnfast.models import load_builtin
+
+    return load_builtin()

@@ -13,11 +13,16 @@ The public API lives here; the Rust extension ``attnfast._core`` is private.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attnfast import _core
+from attnfast.capture_file import CaptureFile, CaptureWriter
 from attnfast.exceptions import (
     AttentionValueError,
     AttnfastError,
     BlobError,
+    CaptureError,
+    CaptureFileError,
     DtypeError,
     DuplicateStepError,
     InvalidInputError,
@@ -41,6 +46,17 @@ from attnfast.store import FingerprintStore
 
 __version__: str = _core.__version__
 
+# Capture needs torch (the `torch` extra); importing attnfast must not.
+_TORCH_EXPORTS = {"capture", "Capture", "StepRecord"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_EXPORTS:
+        from attnfast import hooks
+
+        return getattr(hooks, name)
+    raise AttributeError(f"module 'attnfast' has no attribute {name!r}")
+
 
 def build_info() -> dict[str, object]:
     """What this build of the core uses: version, vector path, threads."""
@@ -56,6 +72,11 @@ __all__ = [
     "AttentionValueError",
     "AttnfastError",
     "BlobError",
+    "Capture",
+    "CaptureError",
+    "CaptureFile",
+    "CaptureFileError",
+    "CaptureWriter",
     "DtypeError",
     "DuplicateStepError",
     "FingerprintStore",
@@ -63,9 +84,11 @@ __all__ = [
     "Layout",
     "LayoutError",
     "ShapeError",
+    "StepRecord",
     "StoreError",
     "__version__",
     "build_info",
+    "capture",
     "compute_fingerprints",
     "fingerprint_from_topk",
     "pack_fingerprints",

@@ -2,7 +2,9 @@
 
 Today: fingerprints of generated attention patterns, their zones, the same from top-k entries,
 a pack/unpack round trip, and the fingerprint store (a temporary database, read back with the
-seed's SQL). Later stages (capture, discovery) extend it.
+seed's SQL), and capture: the built-in model generates while its attention is fingerprinted
+into a store and written in full to a capture file, which the analyses then read. Later stages
+(discovery) extend it.
 """
 
 from __future__ import annotations
@@ -89,7 +91,66 @@ def run(
     if not exact:
         raise attnfast.AttnfastError("pack/unpack round trip changed the fingerprints")
     _store(console, all_fps)
+    _capture(console)
     return majority
+
+
+def _capture(console: Console) -> None:
+    """The built-in model generates under capture: fingerprints into a store, full attention
+    into a capture file, then the capture analyses."""
+    try:
+        import torch
+
+        from attnfast.analysis import replay_eviction, sentence_attention
+        from attnfast.models import ByteTokenizer, load_builtin
+    except ImportError:
+        console.print("(capture skipped: install the 'capture' extra for torch)")
+        return
+    console.print("\n[bold]Capture[/bold]: the built-in model (trained at first use, then cached)")
+    model = load_builtin()
+    tok = ByteTokenizer()
+    prompt = (
+        "Please analyze the following data. First, consider the primary factors: X, Y, and Z. "
+        "By the way, it's a nice day today. Finally, summarize your findings."
+    )
+    ids = torch.tensor([tok.encode(prompt)])
+    with tempfile.TemporaryDirectory() as tmp:
+        db, attn = Path(tmp) / "capture.db", Path(tmp) / "capture.attn"
+        with attnfast.FingerprintStore(db) as store:
+            with attnfast.capture(model, "topk", sink=store, request_id="demo", topk=8):
+                out = model.generate(ids, 64)
+            zones = store.sql(
+                "SELECT manifold_zone, count(*) AS n FROM fingerprints GROUP BY manifold_zone "
+                "ORDER BY n DESC"
+            )
+            rows = store.count()
+        console.print(f"Generated {tok.decode(out[0, ids.shape[1] :])!r}")
+        console.print(
+            f"{rows} steps fingerprinted into the store; zones: "
+            + ", ".join(f"{z['manifold_zone']} {z['n']}" for z in zones)
+        )
+        with attnfast.capture(model, "full", sink=str(attn)):
+            model.generate(ids, 64)
+        f = attnfast.CaptureFile(attn)
+        console.print(
+            f"Full capture: {len(f)} steps in {attn.stat().st_size / 1e3:.0f} kB "
+            f"(float16 + zstd, chunked)."
+        )
+        s = sentence_attention(f)
+        table = Table(title="Attention share per prompt sentence (first vs last quarter)")
+        for col in ("sentence", "early", "late", "trend"):
+            table.add_column(col, justify="left" if col == "sentence" else "right")
+        for t in s.trend():
+            trend = "fades" if float(t["ratio"]) < 0.8 else "stays bright"
+            table.add_row(str(t["sentence"])[:48], f"{t['early']:.1%}", f"{t['late']:.1%}", trend)
+        console.print(table)
+        kept = [replay_eviction(f, p, 48).summary() for p in ("streaming", "h2o", "snapkv", "tova")]
+        console.print(
+            "KV-cache eviction at a 48-token budget, mean attention kept: "
+            + ", ".join(f"{k['policy']} {k['mean_kept']:.1%}" for k in kept)
+        )
+        if rows != 64 or len(f) != 64:
+            raise attnfast.AttnfastError("capture lost steps")
 
 
 def _store(console: Console, per_pattern: list[np.ndarray]) -> None:

@@ -45,10 +45,23 @@ class DuplicateStepError(StoreError):
     not written; the stored rows and the other rows of their batches were."""
 
 
+class CaptureFileError(AttnfastError):
+    """A capture file that cannot be created or read: not a capture file, an unsupported
+    version, or a damaged chunk. The message names the file and the chunk; the intact chunks
+    stay readable."""
+
+
+class CaptureError(AttnfastError):
+    """A model whose attention cannot be captured, or capture options that do not fit it; the
+    message says which module and what to change."""
+
+
 __all__ = [
     "AttentionValueError",
     "AttnfastError",
     "BlobError",
+    "CaptureError",
+    "CaptureFileError",
     "DtypeError",
     "DuplicateStepError",
     "InvalidInputError",

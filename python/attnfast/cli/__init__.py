@@ -3,7 +3,12 @@ itself on :data:`app`."""
 
 from __future__ import annotations
 
-from attnfast.cli import core_cmds, fingerprint_cmds, store_cmds  # noqa: F401  (registers commands)
+from attnfast.cli import (  # noqa: F401  (registers commands)
+    capture_cmds,
+    core_cmds,
+    fingerprint_cmds,
+    store_cmds,
+)
 from attnfast.cli._app import app
 
 

@@ -28,6 +28,10 @@ pub enum CoreError {
     /// The other rows of their batches were committed.
     #[error("{0}")]
     Duplicate(String),
+    /// A capture file that cannot be created, or that is not one, or whose chunks are damaged;
+    /// the message names the file and the chunk.
+    #[error("{0}")]
+    Capture(String),
 }
 
 impl From<rusqlite::Error> for CoreError {

@@ -14,6 +14,7 @@
 //! - Steps are independent; they run on a rayon pool, and serially in a process forked after the
 //!   pool started (its threads do not survive `fork`).
 
+pub mod capture;
 pub mod error;
 pub mod fingerprint;
 pub mod layout;

@@ -11,6 +11,7 @@ pyo3::import_exception!(attnfast.exceptions, LayoutError);
 pyo3::import_exception!(attnfast.exceptions, InvalidInputError);
 pyo3::import_exception!(attnfast.exceptions, StoreError);
 pyo3::import_exception!(attnfast.exceptions, DuplicateStepError);
+pyo3::import_exception!(attnfast.exceptions, CaptureFileError);
 
 /// The Python exception for a core error.
 pub fn to_py_err(e: CoreError) -> PyErr {
@@ -22,6 +23,7 @@ pub fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Invalid(m) => InvalidInputError::new_err(m),
         CoreError::Store(m) => StoreError::new_err(m),
         CoreError::Duplicate(m) => DuplicateStepError::new_err(m),
+        CoreError::Capture(m) => CaptureFileError::new_err(m),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `attnfast._core`: thin bindings over `attnfast-core`. Each function converts its arguments,
 //! releases the interpreter around the core call, and maps errors; nothing else lives here.
 
+mod capture;
 mod error;
 mod fingerprint;
 mod messages;
@@ -14,6 +15,8 @@ use pyo3::prelude::*;
 mod _core {
     use super::*;
 
+    #[pymodule_export]
+    use capture::{PyCaptureReader, PyCaptureWriter};
     #[pymodule_export]
     use fingerprint::{fingerprints_f16, fingerprints_f32, fingerprints_topk, set_simd_limit};
     #[pymodule_export]

@@ -1,0 +1,311 @@
+"""``attnfast capture | heatmap | prune-sim | replay-eviction | convert``: capturing attention
+during generation and analysing full captures."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from attnfast.cli._app import app, console, err_console, user_errors
+from attnfast.exceptions import InvalidInputError
+
+DEFAULT_PROMPT = (
+    "Please analyze the following data. First, consider the primary factors: X, Y, and Z. "
+    "By the way, it's a nice day today. Finally, summarize your findings."
+)
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="'builtin' or a local Hugging Face model directory.")
+]
+
+
+class Mode(StrEnum):
+    fingerprint = "fingerprint"
+    topk = "topk"
+    full = "full"
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInputError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _prompts(prompt: str | None, prompts: Path | None) -> list[str]:
+    if (prompt is None) == (prompts is None):
+        raise InvalidInputError("give exactly one of --prompt TEXT and --prompts FILE")
+    if prompt is not None:
+        return [prompt]
+    assert prompts is not None
+    out = []
+    for n, line in enumerate(prompts.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                out.append(str(json.loads(line)["prompt"]))
+            except (json.JSONDecodeError, KeyError) as e:
+                raise InvalidInputError(f"{prompts}:{n}: a JSON line needs a 'prompt' ({e})") from e
+        else:
+            out.append(line)
+    if not out:
+        raise InvalidInputError(f"{prompts} holds no prompts")
+    return out
+
+
+def _training_progress() -> Any:
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    state: dict[str, Any] = {}
+
+    def report(step: int, loss: float) -> None:
+        from attnfast.models.builtin import DEFAULT_RECIPE
+
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task(
+                "training the built-in model (first use only)", total=DEFAULT_RECIPE.steps
+            )
+        bar.update(
+            state["task"],
+            completed=step,
+            description=f"training the built-in model (loss {loss:.2f})",
+        )
+        if step >= DEFAULT_RECIPE.steps:
+            bar.stop()
+
+    return report
+
+
+@app.command()
+def capture(
+    out: Annotated[
+        Path, typer.Option("--out", help="A .attn file (--mode full) or a fingerprint database.")
+    ],
+    model: ModelOpt = "builtin",
+    prompt: Annotated[str | None, typer.Option("--prompt", help="One prompt.")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="A file of prompts, one per line (or JSONL with 'prompt')."),
+    ] = None,
+    mode: Annotated[Mode, typer.Option("--mode")] = Mode.fingerprint,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Layer indices, e.g. 0,2,3 (default all).")
+    ] = None,
+    heads: Annotated[
+        str | None, typer.Option("--heads", help="Head indices (default all).")
+    ] = None,
+    every_n: Annotated[int, typer.Option("--every-n", min=1, help="Keep every n-th step.")] = 1,
+    topk: Annotated[int, typer.Option("--topk", min=1)] = 16,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Generate from prompts and capture the model's attention at every step."""
+    from attnfast.hooks import capture as capture_ctx
+    from attnfast.models.loading import encode, generate, load_model
+    from attnfast.store import FingerprintStore
+
+    with user_errors():
+        texts = _prompts(prompt, prompts)
+        if mode is Mode.full and out.suffix != ".attn":
+            raise InvalidInputError(
+                f"--mode full writes a capture file: --out must end in .attn, got {out}"
+            )
+        if mode is not Mode.full and out.suffix == ".attn":
+            raise InvalidInputError(
+                f"--mode {mode.value} writes fingerprints to a database, not a .attn file: "
+                "use --mode full or a .db path"
+            )
+        net, tokenizer, name = load_model(model, progress=_training_progress())
+        store = None if mode is Mode.full else FingerprintStore(out)
+        sink: Any = str(out) if store is None else store
+        options = dict(
+            mode=mode.value,
+            layers=_ints(layers, "--layers"),
+            heads=_ints(heads, "--heads"),
+            every_n=every_n,
+            topk=topk,
+            tokenizer=tokenizer,
+            model_id=name,
+        )
+        total = 0
+        try:
+            # Prompt i is request "<out stem>" (i = 0) or "<out stem>#i".
+            with capture_ctx(net, sink=sink, request_id=out.stem, **options) as cap:
+                for i, text in enumerate(texts):
+                    ids = encode(tokenizer, text)
+                    generated = generate(net, ids, max_new_tokens, temperature, seed)
+                    said = tokenizer.decode(generated[0, ids.shape[1] :].tolist())
+                    console.print(f"[bold]{i}[/bold] {escape(text[:60])} -> {escape(said)!r}")
+                total = cap.steps_captured
+        finally:
+            if store is not None:
+                store.close()
+        console.print(f"captured {total} steps of {len(texts)} prompt(s) ({mode.value}) into {out}")
+
+
+@app.command()
+def heatmap(
+    capture_path: Annotated[Path, typer.Argument(metavar="CAPTURE", help="A .attn capture file.")],
+    out: Annotated[Path, typer.Option("--out", help="The PNG to write.")],
+    by: Annotated[
+        str, typer.Option("--by", help="'position' (step x prompt position) or 'sentence'.")
+    ] = "position",
+    sequence: Annotated[int, typer.Option("--sequence", min=0)] = 0,
+) -> None:
+    """Draw generation step x prompt position (or sentence) attention as a PNG."""
+    from attnfast.analysis import prompt_attention, save_heatmap, sentence_attention
+    from attnfast.capture_file import CaptureFile
+
+    with user_errors():
+        f = CaptureFile(capture_path)
+        if by == "position":
+            _, matrix = prompt_attention(f, sequence)
+            save_heatmap(
+                matrix.T,
+                out,
+                title=f"{capture_path.name}: attention to the prompt",
+                xlabel="generation step",
+                ylabel="prompt position",
+            )
+        elif by == "sentence":
+            s = sentence_attention(f, sequence)
+            save_heatmap(
+                s.matrix.T,
+                out,
+                title=f"{capture_path.name}: attention per sentence",
+                xlabel="generation step",
+                ylabel="sentence",
+                yticklabels=s.sentences,
+            )
+        else:
+            raise InvalidInputError(f"--by must be 'position' or 'sentence', got {by!r}")
+        console.print(f"wrote {out}")
+
+
+@app.command("prune-sim")
+def prune_sim(
+    model: ModelOpt = "builtin",
+    prompt: Annotated[str, typer.Option("--prompt")] = DEFAULT_PROMPT,
+    drop: Annotated[
+        float,
+        typer.Option("--drop", help="Fraction of prompt tokens to drop, by lowest peak attention."),
+    ] = 0.3,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 32,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Drop the least-attended prompt tokens, generate again, and compare the outputs."""
+    from attnfast.analysis.pruning import prune_simulation
+    from attnfast.models.loading import encode, load_model
+
+    with user_errors():
+        net, tokenizer, _ = load_model(model, progress=_training_progress())
+        r = prune_simulation(
+            net, encode(tokenizer, prompt), drop_fraction=drop, max_new_tokens=max_new_tokens
+        )
+        summary = r.summary()
+        if as_json:
+            console.print_json(json.dumps(summary))
+            return
+        console.print(f"dropped {len(r.dropped_positions)} of {r.prompt_tokens} prompt tokens")
+        console.print(f"original: {tokenizer.decode(r.original)!r}")
+        console.print(f"pruned:   {tokenizer.decode(r.pruned)!r}")
+        where = "never" if r.first_divergence is None else f"at step {r.first_divergence}"
+        console.print(f"token agreement {r.agreement:.1%}; outputs diverge {where}")
+
+
+@app.command("replay-eviction")
+def replay_eviction_cmd(
+    capture_path: Annotated[Path, typer.Argument(metavar="CAPTURE", help="A .attn capture file.")],
+    budget: Annotated[int, typer.Option("--budget", min=1, help="KV cache size in tokens.")],
+    policy: Annotated[
+        str, typer.Option("--policy", help="all, or a comma list of streaming,h2o,snapkv,tova.")
+    ] = "all",
+    sinks: Annotated[int, typer.Option("--sinks", min=0)] = 4,
+    window: Annotated[int | None, typer.Option("--window", min=1)] = None,
+    sequence: Annotated[int, typer.Option("--sequence", min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Per-step kept shares as JSON.")] = False,
+) -> None:
+    """Replay KV-cache eviction policies on a capture: the attention share each would keep."""
+    from attnfast.analysis import POLICIES, replay_eviction
+    from attnfast.capture_file import CaptureFile
+
+    with user_errors():
+        names = list(POLICIES) if policy == "all" else [p.strip() for p in policy.split(",")]
+        f = CaptureFile(capture_path)
+        try:
+            results = [
+                replay_eviction(f, p, budget, sequence=sequence, sinks=sinks, window=window)
+                for p in names
+            ]
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from e
+        if as_json:
+            console.print_json(
+                json.dumps(
+                    [
+                        {**r.summary(), "kept_share": np.round(r.kept_share, 6).tolist()}
+                        for r in results
+                    ]
+                )
+            )
+            return
+        table = Table(title=f"{capture_path.name}: attention kept at a budget of {budget} tokens")
+        for c in ("policy", "steps", "mean kept", "min kept", "final kept"):
+            table.add_column(c, justify="right" if c != "policy" else "left")
+        for r in results:
+            s = r.summary()
+            table.add_row(
+                str(s["policy"]),
+                str(s["steps"]),
+                f"{s['mean_kept']:.1%}",
+                f"{s['min_kept']:.1%}",
+                f"{s['final_kept']:.1%}",
+            )
+        console.print(table)
+
+
+class Target(StrEnum):
+    json = "json"
+    attn = "attn"
+
+
+@app.command()
+def convert(
+    source: Annotated[
+        Path, typer.Argument(help="A .attn file, or a seed JSON capture (.json or .json.gz).")
+    ],
+    to: Annotated[Target, typer.Option("--to")],
+    out: Annotated[Path, typer.Option("--out")],
+    sequence: Annotated[
+        int, typer.Option("--sequence", min=0, help="Which sequence to export to JSON.")
+    ] = 0,
+) -> None:
+    """Convert between the binary capture format and the seed's JSON."""
+    from attnfast.capture_file import CaptureFile
+
+    with user_errors():
+        if out.exists() and out.resolve() == source.resolve():
+            raise InvalidInputError("--out must differ from the source")
+        if to is Target.json:
+            CaptureFile(source).to_json(out, sequence=sequence)
+        else:
+            CaptureFile.from_json(source, out)
+        console.print(f"wrote {out} ({out.stat().st_size:,} bytes, from {source.stat().st_size:,})")
