@@ -29,7 +29,18 @@ def test_example_runs(block, capsys):
         assert expected in printed
 
 
-@pytest.mark.parametrize("module", ["attnfast", "attnfast.store", "attnfast.messages"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "attnfast",
+        "attnfast.store",
+        "attnfast.messages",
+        "attnfast.capture_file",
+        "attnfast.models",
+        "attnfast.models.attention",
+        "attnfast.models.causal_lm",
+    ],
+)
 def test_docstring_examples_run(module: str) -> None:
     """The ``>>>`` examples in module docstrings are part of the docs too."""
     import doctest

@@ -49,22 +49,8 @@ def save_heatmap(
     fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
     image = ax.imshow(small, aspect="auto", interpolation="nearest", cmap="magma", origin="lower")
     ax.set_title(title)
-    ax.set_xlabel(
-        xlabel
-        + (
-            f" (blocks of {-(-matrix.shape[1] // small.shape[1])})"
-            if small.shape[1] < matrix.shape[1]
-            else ""
-        )
-    )
-    ax.set_ylabel(
-        ylabel
-        + (
-            f" (blocks of {-(-matrix.shape[0] // small.shape[0])})"
-            if small.shape[0] < matrix.shape[0]
-            else ""
-        )
-    )
+    ax.set_xlabel(_label(xlabel, matrix.shape[1], small.shape[1]))
+    ax.set_ylabel(_label(ylabel, matrix.shape[0], small.shape[0]))
     if yticklabels is not None and len(yticklabels) == small.shape[0]:
         ax.set_yticks(range(len(yticklabels)), [t[:40] for t in yticklabels], fontsize=7)
     fig.colorbar(image, ax=ax, label="attention share")
@@ -73,3 +59,7 @@ def save_heatmap(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _label(name: str, full: int, shown: int) -> str:
+    return name if shown == full else f"{name} (blocks of {-(-full // shown)})"

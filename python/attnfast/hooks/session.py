@@ -520,20 +520,7 @@ class Capture:
         return str(tok.decode([token_id]))
 
 
-def capture(
-    model: nn.Module,
-    mode: str = "fingerprint",
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    every_n: int = 1,
-    sink: Any = None,
-    topk: int = 16,
-    prefill: bool = False,
-    request_id: str | Sequence[str] | None = None,
-    tokenizer: Any = None,
-    model_id: str | None = None,
-) -> Capture:
+def capture(model: nn.Module, mode: str = "fingerprint", **options: Any) -> Capture:
     """Records ``model``'s attention while it generates, without changing how it runs.
 
     Use it as a context manager around ``model.generate(...)`` or a hand-written decode loop
@@ -541,26 +528,16 @@ def capture(
     v1 fingerprint, the attention-sink mass and the captured layer ids; ``mode="topk"`` adds the
     ``topk`` most attended positions and their scores, ``mode="full"`` the full rows.
 
-    ``sink`` is a :class:`~attnfast.FingerprintStore`, a ``.attn`` path (``mode="full"``), a
-    callable taking each forward's records, or None to keep them in ``cap.records``.
-    ``layers``/``heads`` select what is captured (indices among the model's attention layers
-    and their heads); ``every_n`` keeps every n-th step; ``prefill=True`` adds a fingerprint for
-    every prompt position (``step=None``). ``tokenizer`` (anything with ``decode``) gives token
-    texts; the reference model's byte tokenizer is used by default.
+    Options (keywords of :class:`Capture`): ``sink`` is a :class:`~attnfast.FingerprintStore`,
+    a ``.attn`` path (``mode="full"``), a callable taking each forward's records, or None to
+    keep them in ``cap.records``; ``layers``/``heads`` select what is captured (indices among
+    the model's attention layers and their heads); ``every_n`` keeps every n-th step;
+    ``topk`` (16); ``prefill=True`` adds a fingerprint for every prompt position
+    (``step=None``); ``request_id`` (a str, or one per sequence); ``tokenizer`` (anything with
+    ``decode``) gives token texts, the reference model's byte tokenizer by default;
+    ``model_id``.
     """
-    return Capture(
-        model,
-        mode=mode,
-        layers=layers,
-        heads=heads,
-        every_n=every_n,
-        sink=sink,
-        topk=topk,
-        prefill=prefill,
-        request_id=request_id,
-        tokenizer=tokenizer,
-        model_id=model_id,
-    )
+    return Capture(model, mode=mode, **options)
 
 
 def _set_observer(module: nn.Module, observer: Callable[..., None]) -> Callable[[], None]:
