@@ -157,26 +157,12 @@ def test_bad_files_and_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         CaptureFile(tmp_path / "missing.attn")
     w = CaptureWriter(tmp_path / "w.attn")
+    header = {"sequence": 0, "step": 0, "token_id": 0, "position": 1, "timestamp_ms": 0, "text": ""}
+    nan = np.array([[[0.5, np.nan]]], dtype=np.float32)
     with pytest.raises(attnfast.AttentionValueError, match="index 1 is not a finite non-negative"):
-        w.write_step(
-            sequence=0,
-            step=0,
-            token_id=0,
-            position=1,
-            timestamp_ms=0,
-            text="",
-            attention=np.array([[[0.5, np.nan]]], dtype=np.float32),
-        )
+        w.write_step(**header, attention=nan)
     with pytest.raises(attnfast.ShapeError, match=r"must be \(layers, heads, keys\)"):
-        w.write_step(
-            sequence=0,
-            step=0,
-            token_id=0,
-            position=1,
-            timestamp_ms=0,
-            text="",
-            attention=np.ones(3, dtype=np.float32),
-        )
+        w.write_step(**header, attention=np.ones(3, dtype=np.float32))
     assert w.steps == 0
     w.close()
     assert len(CaptureFile(tmp_path / "w.attn")) == 0

@@ -239,3 +239,23 @@ def test_device_path_equals_cpu_path(mode: str) -> None:
             np.testing.assert_array_equal(a.topk_positions, b.topk_positions)
         if mode == "full":
             np.testing.assert_allclose(a.attention, b.attention, atol=1e-6)
+
+
+def test_prefill_rows_go_to_the_store_under_prompt(tmp_path: Any) -> None:
+    model = small_reference_model()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with attnfast.capture(model, prefill=True) as mem:
+        model.generate(ids, 3)
+    with FingerprintStore(tmp_path / "p.db") as store:
+        with attnfast.capture(model, sink=store, prefill=True, request_id="r"):
+            model.generate(ids, 3)
+        prompt = store.read(request_id="r/prompt")
+        decode = store.read(request_id="r")
+        # Rows 0..3 chose tokens 2..5; the last prompt row is step 0 of the generation.
+        assert prompt.column("step").to_pylist() == [0, 1, 2, 3]
+        assert prompt.column("token_id").to_pylist() == [2, 3, 4, 5]
+        assert prompt.column("sink_token_mass").to_pylist() == [None] * 4
+        assert decode.column("step").to_pylist() == [0, 1, 2]
+    want = np.stack([r.fingerprint for r in mem.records if r.step is None])
+    got = np.stack(prompt.column("fingerprint").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, want, atol=1e-7)

@@ -319,16 +319,17 @@ class Capture:
     def _collect(
         self, fw: _Forward, slot: int, q_len: int, rows: Callable[[int, int], torch.Tensor]
     ) -> None:
-        last = rows(q_len - 1, 1)[:, :, 0]
-        fw.rows[slot] = self._heads(last.float())
-        if fw.fresh and self.prefill and q_len > 1:
-            n = last.shape[-1]
-            chunks = []
-            for start in range(0, q_len, PREFILL_CHUNK):
-                count = min(PREFILL_CHUNK, q_len - start)
-                r = self._heads(rows(start, count).float())
-                chunks.append(dfp.layer_stats(r, n - q_len + start))
-            fw.prefill[slot] = chunks
+        if not (fw.fresh and self.prefill and q_len > 1):
+            fw.rows[slot] = self._heads(rows(q_len - 1, 1)[:, :, 0].float())
+            return
+        chunks = []
+        for start in range(0, q_len, PREFILL_CHUNK):
+            count = min(PREFILL_CHUNK, q_len - start)
+            r = self._heads(rows(start, count).float())
+            chunks.append(dfp.layer_stats(r, r.shape[-1] - q_len + start))
+        # The last chunk's last row is the step-0 row: not recomputed.
+        fw.rows[slot] = r[:, :, -1]
+        fw.prefill[slot] = chunks
 
     def _heads(self, rows: torch.Tensor) -> torch.Tensor:
         if self.heads is None:

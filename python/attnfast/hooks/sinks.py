@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -155,7 +154,3 @@ def make_sink(sink: Any, *, mode: str, model_id: str | None, meta: dict[str, Any
         f"sink must be a FingerprintStore, a capture file path, a callable or None, got "
         f"{type(sink).__name__}"
     )
-
-
-def json_ready(meta: dict[str, Any]) -> str:
-    return json.dumps(meta, ensure_ascii=False)

@@ -26,8 +26,6 @@ from attnfast.models.attention import MultiHeadAttention as ReferenceAttention
 
 # observer(module, query (B,H,Q,D), key (B,Hkv,n,D), mask, scaling, is_causal)
 Observer = Callable[..., None]
-# rows observer(module, weights (B,H,Q,n)), for layers that hand over their weights
-RowsObserver = Callable[[nn.Module, torch.Tensor], None]
 
 
 @dataclass

@@ -3,7 +3,7 @@
 //! compression overlaps generation and memory stays at a few chunks however long the capture.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::thread::JoinHandle;
 
@@ -54,6 +54,14 @@ pub struct ChunkLocation {
     pub step_count: u32,
 }
 
+/// What the compressor thread hands back when its queue closes: where each chunk landed, and
+/// the file positioned after the last one, for the index.
+struct Written {
+    locations: Vec<ChunkLocation>,
+    out: BufWriter<File>,
+    offset: u64,
+}
+
 pub struct CaptureWriter {
     opts: WriterOptions,
     path: String,
@@ -63,7 +71,7 @@ pub struct CaptureWriter {
     headers: Vec<u8>,
     half: Vec<f16>,
     tx: Option<Sender<Job>>,
-    thread: Option<JoinHandle<Result<Vec<ChunkLocation>>>>,
+    thread: Option<JoinHandle<Result<Written>>>,
 }
 
 impl CaptureWriter {
@@ -83,7 +91,7 @@ impl CaptureWriter {
         let level = opts.level;
         let thread = std::thread::Builder::new()
             .name("attnfast-capture".into())
-            .spawn(move || -> Result<Vec<ChunkLocation>> {
+            .spawn(move || -> Result<Written> {
                 let mut locations = Vec::new();
                 let mut offset = super::chunk::FILE_HEADER_LEN as u64;
                 for job in rx {
@@ -104,8 +112,11 @@ impl CaptureWriter {
                     out.flush()?;
                     locations.push(loc);
                 }
-                out.flush()?;
-                Ok(locations)
+                Ok(Written {
+                    locations,
+                    out,
+                    offset,
+                })
             })
             .map_err(|e| CoreError::Capture(format!("cannot start the capture writer: {e}")))?;
         let mut w = Self {
@@ -181,12 +192,11 @@ impl CaptureWriter {
         self.seal()?;
         let tx = self.tx.take();
         drop(tx);
-        let locations = self.join()?;
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| CoreError::Capture(format!("cannot reopen {}: {e}", self.path)))?;
-        let offset = file.seek(std::io::SeekFrom::End(0))?;
+        let Written {
+            locations,
+            mut out,
+            offset,
+        } = self.join()?;
         let mut index = Vec::with_capacity(8 + 20 * locations.len() + self.headers.len());
         index.extend_from_slice(&(locations.len() as u32).to_le_bytes());
         for l in &locations {
@@ -197,7 +207,6 @@ impl CaptureWriter {
         }
         index.extend_from_slice(&self.steps.to_le_bytes());
         index.extend_from_slice(&self.headers);
-        let mut out = BufWriter::new(&mut file);
         let len = write_chunk(
             &mut out,
             ChunkKind::Index,
@@ -207,8 +216,9 @@ impl CaptureWriter {
             self.opts.level,
         )?;
         out.write_all(&footer(offset))?;
-        out.flush()?;
-        drop(out);
+        let file = out.into_inner().map_err(|e| {
+            CoreError::Capture(format!("cannot write {}: {}", self.path, e.error()))
+        })?;
         file.sync_all()?;
         Ok(offset + len + super::chunk::FOOTER_LEN as u64)
     }
@@ -278,7 +288,7 @@ impl CaptureWriter {
         }
     }
 
-    fn join(&mut self) -> Result<Vec<ChunkLocation>> {
+    fn join(&mut self) -> Result<Written> {
         match self.thread.take() {
             Some(t) => t
                 .join()
