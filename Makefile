@@ -56,6 +56,7 @@ test: build lint rust-test py-test
 bench: build
 	$(BIN)/python benches/bench_fingerprints.py
 	$(BIN)/python benches/bench_store.py
+	$(BIN)/python benches/bench_capture.py
 
 clean:
 	rm -rf $(VENV) target python/attnfast/*.so

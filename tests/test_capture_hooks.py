@@ -28,28 +28,35 @@ def test_hf_sdpa_generate_matches_eager(make: Any) -> None:
     ids = torch.randint(3, 90, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # left padding in a batch
+    gen = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    scores = {"output_scores": True, "return_dict_in_generate": True}
     with torch.no_grad():
         plain = sdpa(ids, attention_mask=mask).logits
+    plain_scores = sdpa.generate(ids, attention_mask=mask, **gen, **scores).scores
     with attnfast.capture(sdpa) as cap:
-        out = sdpa.generate(
-            ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
-        )
+        captured_scores = sdpa.generate(ids, attention_mask=mask, **gen, **scores).scores
+        out = sdpa.generate(ids, attention_mask=mask, **gen)
         with torch.no_grad():
             captured_logits = sdpa(ids, attention_mask=mask).logits
-    # Capture never changes what the model computes, and it stays on SDPA.
+    # Capture never changes what the model computes (generate included: it must still see
+    # forward's parameters, position ids for the left-padded row among them), and it stays
+    # on SDPA.
     assert torch.equal(plain, captured_logits)
+    assert all(torch.equal(a, b) for a, b in zip(plain_scores, captured_scores, strict=True))
     assert sdpa.config._attn_implementation == "sdpa"
     full_mask = torch.cat([mask, torch.ones(2, out.shape[1] - 12, dtype=mask.dtype)], 1)
     rows = eager_rows(eager, out, full_mask)
-    # The extra forward call was a new (one-step) generation: sequences 2 and 3.
-    assert sorted(r.sequence for r in cap.records if r.sequence >= 2) == [2, 3]
-    records = [r for r in cap.records if r.sequence < 2]
+    # Three generations: the one with scores (sequences 0 and 1), the one checked here
+    # (2 and 3) and the extra forward call, a one-step generation (4 and 5).
+    assert sorted(r.sequence for r in cap.records if r.sequence >= 4) == [4, 5]
+    records = [r for r in cap.records if r.sequence in (2, 3)]
     assert len(records) >= 2 * 6 - 2  # steps after a sequence's EOS are dropped
     for r in records:
-        pad = 4 if r.sequence == 1 else 0
-        ref = reference_fingerprint(rows[:, r.sequence], pad, r.index)
+        b = r.sequence - 2
+        pad = 4 if b == 1 else 0
+        ref = reference_fingerprint(rows[:, b], pad, r.index)
         np.testing.assert_allclose(r.fingerprint, ref, atol=TOL)
-        assert r.token_id == int(out[r.sequence, r.index])
+        assert r.token_id == int(out[b, r.index])
         assert r.position == r.index - pad
         assert r.layer_ids == tuple(range(rows.shape[0]))
 
@@ -216,6 +223,7 @@ def test_bad_options_are_refused(tmp_path: Any) -> None:
     # Hooks are gone after an error: the model runs as before.
     assert all(b.attn.capture_observer is None for b in model.blocks)
     assert "generate" not in vars(model)
+    assert "forward" not in vars(model)
 
 
 @pytest.mark.parametrize("mode", ["fingerprint", "topk", "full"])

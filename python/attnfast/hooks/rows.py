@@ -5,6 +5,10 @@ for them (``output_attentions``) forces it off the fast kernel. attnfast lets th
 is and recomputes ``softmax(q k^T * scale + mask)`` for the selected query rows only: one row
 per sequence at a decode step, or the prefill rows in chunks. The cost is one extra
 ``(H, Q, n)`` matmul per layer, memory ``O(heads x context)`` per query row.
+
+This is the torch path: on GPUs, for prompt rows, and for dtypes other than float32. Float32
+decode steps on the CPU go to the Rust kernel instead (``rust/core/src/step``), which does the
+same arithmetic for every layer in one call.
 """
 
 from __future__ import annotations

@@ -1,29 +1,38 @@
 """``attnfast.capture``: record a model's attention while it generates.
 
-How a capture follows generation: a forward pre-hook on the model sees each call's
+How a capture follows generation: a wrapper shadowing the model's ``forward`` sees each call's
 ``input_ids`` and ``attention_mask``; the attention layers show the capture their queries and
-keys (see :mod:`attnfast.hooks.targets`); a forward hook on the model turns the rows gathered
-during the call into one record per sequence. A call whose keys are all new (no KV cache yet)
-starts a new generation; every other call is the next decode step. The token a step produced
-is the next call's input, or comes from ``generate()``'s output, which the capture reads by
-wrapping the model's ``generate`` while it is active.
+keys (see :mod:`attnfast.hooks.targets`); when the call ends, the step is computed for the
+whole batch: on the CPU by one Rust call that reads the queries and keys in place
+(``_core.attention_step``), elsewhere in torch on the model's device. A call whose keys are
+all new (no KV cache yet) starts a new generation; every other call is the next decode step.
+The token a step produced is the next call's input, or comes from ``generate()``'s output,
+which the capture reads by wrapping the model's ``generate`` while it is active. Steps wait
+for their tokens in :mod:`attnfast.hooks.pending`, which hands them to the sink in batches.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from attnfast import _core
 from attnfast.exceptions import CaptureError
-from attnfast.fingerprint import compute_fingerprints
 from attnfast.hooks import device_fingerprint as dfp
+from attnfast.hooks.pending import (
+    EMIT_AFTER_S,
+    EMIT_EVERY,
+    Generation,
+    PendingStep,
+    to_records,
+)
 from attnfast.hooks.records import StepRecord
 from attnfast.hooks.rows import attention_rows
 from attnfast.hooks.sinks import Sink, make_sink
@@ -36,29 +45,37 @@ PREFILL_CHUNK = 64
 _SENTENCE_END = (".", "!", "?", "\n")
 
 
-@dataclass
-class _Generation:
-    index: int
-    request_ids: list[str]
-    pads: torch.Tensor  # (B,) left-padding per sequence
-    prompt_len: int  # padded
-    sequences: list[int]  # file sequence number of each batch row
-    real: torch.Tensor | None  # (B, S) prompt mask: True = a real token
-    step: int = 0
-
-    def is_real(self, b: int, position: int) -> bool:
-        return self.real is None or position >= self.real.shape[1] or bool(self.real[b, position])
-
-
-@dataclass
 class _Forward:
-    input_ids: torch.Tensor | None
-    attention_mask: torch.Tensor | None
-    started: bool = False
-    captured: bool = False
-    fresh: bool = False
-    rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, n)
-    prefill: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> [(B,Qc,12)]
+    """What one forward call of the model has shown the capture so far."""
+
+    __slots__ = (
+        "attention_mask",
+        "biases",
+        "captured",
+        "fresh",
+        "input_ids",
+        "keys",
+        "lean",
+        "prefill",
+        "queries",
+        "rows",
+        "scales",
+        "started",
+    )
+
+    def __init__(self, input_ids: torch.Tensor | None, attention_mask: Any) -> None:
+        self.input_ids = input_ids
+        self.attention_mask = attention_mask
+        self.started = self.captured = self.fresh = False
+        # True when the Rust kernel recomputes the last rows when the forward ends, from the
+        # per-layer lists below (float32 CPU tensors outside autograd, no prefill rows)
+        self.lean = False
+        self.queries: list[Any] = []  # (B, H, Q, D)
+        self.keys: list[Any] = []  # (B, KV, n, D)
+        self.biases: list[Any] = []  # (B|1, H|1, n) additive masks or None
+        self.scales: list[Any] = []
+        self.rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, n)
+        self.prefill: dict[int, list[torch.Tensor]] = {}  # layer -> [(B, Qc, 12)]
 
 
 class Capture:
@@ -88,6 +105,8 @@ class Capture:
             raise CaptureError(f"topk must be at least 1, got {topk}")
         self.model = model
         self.mode, self.every_n, self.topk, self.prefill = mode, every_n, topk, prefill
+        self._topk_columns = topk if mode == "topk" else 0
+        self._want_rows = mode == "full"
         all_targets = find_targets(model)
         if layers is None:
             self.targets = all_targets
@@ -106,6 +125,8 @@ class Capture:
         if self.heads is not None and (not self.heads or min(self.heads) < 0):
             raise CaptureError(f"heads must be non-negative head indices, got {list(heads or [])}")
         self.tokenizer = tokenizer if tokenizer is not None else _default_tokenizer(model)
+        self._eos = _eos_ids(model, self.tokenizer)
+        self._texts: dict[int, str] = {}
         self.model_id = model_id or _model_name(model)
         self.request_id = request_id
         self._base = request_id if isinstance(request_id, str) else f"cap-{uuid.uuid4().hex[:10]}"
@@ -119,11 +140,11 @@ class Capture:
         self.sink: Sink = make_sink(sink, mode=mode, model_id=self.model_id, meta=meta)
         self.records: list[StepRecord] = getattr(self.sink, "records", [])
         self.steps_captured = 0
-        self._gen: _Generation | None = None
+        self._gen: Generation | None = None
         self._generations = 0
         self._sequences = 0
         self._fw: _Forward | None = None
-        self._pending: list[StepRecord] = []
+        self._pending: list[PendingStep] = []
         self._undo: list[Callable[[], None]] = []
         # The torch path runs on GPUs; tests set this to run it on the CPU too.
         self.torch_math = False
@@ -147,32 +168,50 @@ class Capture:
 
     def _attach(self) -> None:
         impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
-        for t in self.targets:
+        for slot, t in enumerate(self.targets):
+            observe = self._layer_observer(slot)
             if t.kind == "hf":
-                self._undo.append(attach_hf(t.module, self._observe, impl or "sdpa"))
+                self._undo.append(attach_hf(t.module, observe, impl or "sdpa"))
             elif t.kind == "hf-eager":
                 handle = t.module.register_forward_hook(self._eager_hook)
                 self._undo.append(handle.remove)
             elif t.kind == "torch-mha":
-                self._undo.append(mha_observer_hook(t.module, self._observe))  # type: ignore[arg-type]
+                self._undo.append(mha_observer_hook(t.module, observe))  # type: ignore[arg-type]
             else:
-                self._undo.append(_set_observer(t.module, self._observe))
-        pre = self.model.register_forward_pre_hook(self._begin, with_kwargs=True)
-        # Registered after the layer hooks, so on a model that is itself the attention layer
-        # (nn.MultiheadAttention) the rows exist before the step is finished.
-        post = self.model.register_forward_hook(self._end)
-        self._undo += [pre.remove, post.remove]
-        generate = getattr(self.model, "generate", None)
-        if callable(generate):
-            # An instance attribute shadows the class's method until the capture ends.
-            setattr(self.model, "generate", self._wrap_generate(generate))  # noqa: B010
-            self._undo.append(lambda: delattr(self.model, "generate"))
+                self._undo.append(_set_observer(t.module, observe))
+        if any(t.module is self.model for t in self.targets):
+            # The model is itself the attention layer (nn.MultiheadAttention), whose rows come
+            # from a forward hook: the step ends in a hook registered after it.
+            pre = self.model.register_forward_pre_hook(self._begin, with_kwargs=True)
+            post = self.model.register_forward_hook(self._end)
+            self._undo += [pre.remove, post.remove]
+        else:
+            # A wrapper shadowing ``forward`` costs a few microseconds per call less than
+            # module hooks, which matters on small models (a decode step near a millisecond).
+            self._undo.append(_shadow(self.model, "forward", self._wrap_forward))
+        if callable(getattr(self.model, "generate", None)):
+            self._undo.append(_shadow(self.model, "generate", self._wrap_generate))
 
     def _detach(self) -> None:
         while self._undo:
             self._undo.pop()()
 
+    def _wrap_forward(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        model = self.model
+
+        # functools.wraps keeps the signature visible: generate() inspects forward's
+        # parameters to decide what to pass (position ids for left padding, among others).
+        @functools.wraps(forward)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            self._begin(model, args, kwargs)
+            out = forward(*args, **kwargs)
+            self._end(model, args, out)
+            return out
+
+        return wrapped
+
     def _wrap_generate(self, generate: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(generate)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             out = generate(*args, **kwargs)
             sequences = out if isinstance(out, torch.Tensor) else getattr(out, "sequences", None)
@@ -193,16 +232,26 @@ class Capture:
             and not args[0].is_floating_point()
         ):
             ids = args[0]
-        if ids is not None and ids.dim() == 2 and ids.shape[1] == 1 and self._pending:
-            self._label(ids[:, 0])
+        pending = self._pending
+        if (
+            pending
+            and pending[-1].tokens is None
+            and ids is not None
+            and ids.shape == (len(pending[-1].host), 1)
+        ):
+            pending[-1].tokens = ids  # the tokens the last step chose
         self._fw = _Forward(ids, kwargs.get("attention_mask"))
 
-    def _start(self, fw: _Forward, batch: int, q_len: int, n: int) -> bool:
+    def _start(self, fw: _Forward, batch: int, q_len: int, n: int, heads: int) -> bool:
         """First attention call of a forward: decides whether it starts a generation and
         whether its step is captured."""
+        if self.heads is not None and self.heads[-1] >= heads:
+            raise CaptureError(
+                f"head {self.heads[-1]} is out of range: the layer has {heads} heads"
+            )
         fw.started = True
         fw.fresh = n == q_len
-        if fw.fresh or self._gen is None or self._gen.pads.shape[0] != batch:
+        if fw.fresh or self._gen is None or len(self._gen.pad_list) != batch:
             self._emit_pending()
             self._new_generation(fw, batch, n)
         gen = self._gen
@@ -225,7 +274,7 @@ class Capture:
         ids = self._request_ids(g, batch)
         seqs = list(range(self._sequences, self._sequences + batch))
         self._sequences += batch
-        self._gen = _Generation(g, ids, pads.cpu(), n, seqs, real)
+        self._gen = Generation(g, ids, pads.cpu(), n, seqs, real)
         self.sink.start_sequences(
             [
                 {"request_id": rid, "prompt_tokens": self._prompt_tokens(fw, b, int(pads[b]))}
@@ -265,24 +314,73 @@ class Capture:
                 sentence += 1
         return tokens
 
-    def _observe(
+    def _layer_observer(self, slot: int) -> Callable[..., None]:
+        """The observer of one attention layer. Runs once per layer per decode step, so the
+        common case (a captured CPU step) only files the layer's queries and keys."""
+
+        def observe(
+            module: nn.Module,
+            query: torch.Tensor,
+            key: torch.Tensor,
+            mask: torch.Tensor | None,
+            scaling: float | None,
+            is_causal: bool,
+        ) -> None:
+            fw = self._fw
+            if fw is None:
+                return  # called outside the model's forward (a layer used on its own)
+            if not fw.started and not self._start_observed(fw, query, key):
+                return
+            if fw.lean:
+                # The Rust kernel recomputes every layer's last row in one call when the
+                # forward ends, reading the queries and keys in place.
+                fw.queries[slot] = query
+                fw.keys[slot] = key
+                if mask is not None:
+                    fw.biases[slot] = _last_row_bias(mask, key.shape[2])
+                fw.scales[slot] = query.shape[-1] ** -0.5 if scaling is None else scaling
+            elif fw.captured:
+                self._collect_recomputed(fw, slot, query, key, mask, scaling, is_causal)
+
+        return observe
+
+    def _start_observed(self, fw: _Forward, query: torch.Tensor, key: torch.Tensor) -> bool:
+        """:meth:`_start` from the first layer's queries and keys, and the choice of path:
+        the Rust kernel (``fw.lean``) for float32 CPU tensors outside autograd, unless the
+        prompt's rows are wanted; torch otherwise."""
+        batch, heads, q_len, _ = query.shape
+        if not self._start(fw, batch, q_len, key.shape[2], heads):
+            return False
+        gen = self._gen
+        assert gen is not None
+        if gen.kernel_ok is None:  # device and dtypes: once per generation
+            gen.kernel_ok = (
+                query.device.type == "cpu"
+                and query.dtype == key.dtype == torch.float32
+                and not self.torch_math
+            )
+        fw.lean = (
+            gen.kernel_ok
+            and not (query.requires_grad or key.requires_grad)
+            and not (fw.fresh and self.prefill and q_len > 1)
+        )
+        if fw.lean:
+            layers = len(self.targets)
+            fw.queries, fw.keys = [None] * layers, [None] * layers
+            fw.biases, fw.scales = [None] * layers, [None] * layers
+        return True
+
+    def _collect_recomputed(
         self,
-        module: nn.Module,
+        fw: _Forward,
+        slot: int,
         query: torch.Tensor,
         key: torch.Tensor,
         mask: torch.Tensor | None,
         scaling: float | None,
         is_causal: bool,
     ) -> None:
-        fw = self._fw
-        if fw is None:
-            return  # called outside the model's forward (a layer used on its own)
-        q_len, n = query.shape[2], key.shape[2]
-        if not fw.started and not self._start(fw, query.shape[0], q_len, n):
-            return
-        if not fw.captured:
-            return
-        slot = self._slot[id(module)]
+        """The torch path: the rows recomputed from the queries and keys right away."""
 
         def rows(q_start: int, q_count: int) -> torch.Tensor:
             return attention_rows(
@@ -296,7 +394,7 @@ class Capture:
             )
 
         with torch.no_grad():
-            self._collect(fw, slot, q_len, rows)
+            self._collect(fw, slot, query.shape[2], rows)
 
     def _eager_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
@@ -308,7 +406,7 @@ class Capture:
                 )
             return
         q_len, n = weights.shape[-2], weights.shape[-1]
-        if not fw.started and not self._start(fw, weights.shape[0], q_len, n):
+        if not fw.started and not self._start(fw, weights.shape[0], q_len, n, weights.shape[1]):
             return
         if fw.captured:
             with torch.no_grad():
@@ -332,13 +430,7 @@ class Capture:
         fw.prefill[slot] = chunks
 
     def _heads(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.heads is None:
-            return rows
-        if self.heads[-1] >= rows.shape[1]:
-            raise CaptureError(
-                f"head {self.heads[-1]} is out of range: the layer has {rows.shape[1]} heads"
-            )
-        return rows[:, self.heads]
+        return rows if self.heads is None else rows[:, self.heads]
 
     def _end(self, module: nn.Module, args: Any, output: Any) -> None:
         fw, self._fw = self._fw, None
@@ -346,76 +438,72 @@ class Capture:
             return
         gen = self._gen
         assert gen is not None
-        if fw.captured and fw.rows:
-            if len(fw.rows) != len(self.targets):
-                missing = sorted(set(range(len(self.targets))) - set(fw.rows))
-                raise CaptureError(
-                    f"layers {[self.layer_ids[i] for i in missing]} did not run their attention "
-                    "during this forward call"
+        if fw.lean:
+            # The hot path: one Rust call recomputes every layer's last query row from the
+            # queries and keys the layers showed and summarises them, for the whole batch.
+            try:
+                host, full, n = _core.attention_step(
+                    fw.queries,
+                    fw.keys,
+                    fw.biases,
+                    fw.scales,
+                    self.heads,
+                    gen.pad_list,
+                    self._topk_columns,
+                    self._want_rows,
                 )
+            except (AttributeError, TypeError):
+                # A layer that did not run left None behind.
+                self._check_layers_ran([i for i, k in enumerate(fw.keys) if k is not None])
+                raise
+            self._add_step(gen, n, host, full)
+        elif fw.captured and fw.rows:
+            self._check_layers_ran(list(fw.rows))
+            layer_rows = [fw.rows[i] for i in range(len(self.targets))]
             with torch.no_grad():
-                self._finish_step(fw, gen)
+                if layer_rows[0].device.type == "cpu" and not self.torch_math:
+                    host, full, n = self._step_from_rows(layer_rows, gen)
+                else:
+                    host, full, n = self._step_on_device(layer_rows, gen)
+                if fw.prefill:
+                    self._emit_prefill(fw, gen)
+            self._add_step(gen, n, host, full)
         gen.step += 1
 
-    def _finish_step(self, fw: _Forward, gen: _Generation) -> None:
-        layer_rows = [fw.rows[i] for i in range(len(self.targets))]
-        if layer_rows[0].device.type == "cpu" and not self.torch_math:
-            host, full, n = self._step_on_cpu(layer_rows, gen)
-        else:
-            host, full, n = self._step_on_device(layer_rows, gen)
-        batch = host.shape[0]
-        k = min(self.topk, n)
-        now = time.time()
-        records = []
-        for b in range(batch):
-            pad = int(gen.pads[b])
-            if not gen.is_real(b, n - 1):
-                continue  # the last row of a right-padded sequence is padding
-            r = StepRecord(
-                request_id=gen.request_ids[b],
-                sequence=gen.sequences[b],
-                step=gen.step,
-                position=n - pad,
-                fingerprint=host[b, :20].copy(),
-                sink_mass=float(host[b, 20]),
-                layer_ids=self.layer_ids,
-                timestamp=now,
-                index=n,
+    def _check_layers_ran(self, ran: list[int]) -> None:
+        missing = sorted(set(range(len(self.targets))) - set(ran))
+        if missing:
+            raise CaptureError(
+                f"layers {[self.layer_ids[i] for i in missing]} did not run their attention "
+                "during this forward call"
             )
-            if self.mode == "topk":
-                r.topk_scores = host[b, 21 : 21 + k].astype(np.float32)
-                r.topk_positions = host[b, 21 + k : 21 + 2 * k].astype(np.int32)
-            if full is not None:
-                r.attention = np.ascontiguousarray(full[:, b, :, pad:])
-            records.append(r)
-        if fw.prefill:
-            self._emit_prefill(fw, gen)
-        self._pending.extend(records)
-        self.steps_captured += len(records)
 
-    def _step_on_cpu(
-        self, layer_rows: list[torch.Tensor], gen: _Generation
+    def _add_step(self, gen: Generation, n: int, host: np.ndarray, full: Any) -> None:
+        """Files a step's summaries (``host``: fingerprint, sink mass, top-k scores and
+        positions per sequence; ``full``: the rows ``(B, L, H, n)`` in mode "full")."""
+        now = time.time()
+        pending = self._pending
+        pending.append(PendingStep(gen, gen.step, n, host, full, now))
+        # Full rows leave at once (with the step before them): they are large, and memory
+        # must stay bounded however long the generation.
+        if (
+            len(pending) > EMIT_EVERY
+            or full is not None
+            or now - pending[0].timestamp > EMIT_AFTER_S
+        ):
+            self._emit_pending(keep_last=True)
+
+    def _step_from_rows(
+        self, layer_rows: list[torch.Tensor], gen: Generation
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """The Rust kernel on ``(B, L, H, n)``: one call for the whole batch. Returns the
-        host columns (fingerprint, sink mass, top-k scores and positions), the full rows
-        ``(L, B, H, n)`` in mode "full", and ``n``."""
-        a = torch.stack(layer_rows, dim=1).numpy()  # (B, L, H, n), float32
-        batch, n = a.shape[0], a.shape[-1]
-        fp = compute_fingerprints(a, np.full(batch, n - 1))
-        pads = gen.pads.numpy()
-        sums = a.sum(-1)  # (B, L, H): rows are normalised by their own sums, as in the spec
-        sink = (a[np.arange(batch), :, :, pads] / sums).mean(axis=(1, 2))
-        parts = [fp, sink[:, None].astype(np.float32)]
-        if self.mode == "topk":
-            p = (a / sums[..., None]).mean(axis=(1, 2))
-            k = min(self.topk, n)
-            top = np.argsort(-p, axis=-1, kind="stable")[:, :k]
-            parts += [np.take_along_axis(p, top, -1), (top - pads[:, None]).astype(np.float32)]
-        full = a.transpose(1, 0, 2, 3) if self.mode == "full" else None
-        return np.concatenate(parts, axis=-1), full, n
+        """Rows the model gave (eager attention, or the prefill's last row), summarised by
+        the Rust kernel: one call for the whole batch."""
+        rows = torch.stack(layer_rows, dim=1).numpy()  # (B, L, H, n), float32
+        host = _core.step_summary(rows, gen.pad_list, self._topk_columns)
+        return host, rows if self.mode == "full" else None, rows.shape[-1]
 
     def _step_on_device(
-        self, layer_rows: list[torch.Tensor], gen: _Generation
+        self, layer_rows: list[torch.Tensor], gen: Generation
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
         """The same in torch on the model's device; only the small host columns (and the
         full rows in mode "full") are copied to the host."""
@@ -432,10 +520,10 @@ class Capture:
         # One transfer per step: in fingerprint mode 80 bytes of fingerprint and 4 of sink
         # mass per sequence leave the device.
         host = torch.cat(parts, dim=-1).cpu().numpy()
-        full = rows.cpu().numpy() if self.mode == "full" else None
+        full = rows.transpose(0, 1).cpu().numpy() if self.mode == "full" else None
         return host, full, n
 
-    def _emit_prefill(self, fw: _Forward, gen: _Generation) -> None:
+    def _emit_prefill(self, fw: _Forward, gen: Generation) -> None:
         stats = torch.stack([torch.cat(fw.prefill[i], dim=1) for i in range(len(self.targets))])
         fps = dfp.assemble(stats).cpu().numpy()  # (B, Q, 20)
         ids = fw.input_ids
@@ -466,16 +554,6 @@ class Capture:
 
     # --- tokens ---------------------------------------------------------------------------
 
-    def _label(self, tokens: torch.Tensor) -> None:
-        """The next call's inputs are the tokens the pending steps produced."""
-        values = tokens.tolist()
-        seq0 = self._gen.sequences[0] if self._gen else 0
-        for r in self._pending:
-            b = r.sequence - seq0
-            if 0 <= b < len(values):
-                r.token_id = int(values[b])
-        self._emit_pending()
-
     def _label_from(self, sequences: torch.Tensor) -> None:
         """Labels pending steps from ``generate()``'s output and drops steps that ran after a
         sequence had produced its end-of-sequence token."""
@@ -483,42 +561,62 @@ class Capture:
         if gen is None:
             return
         seq = sequences.tolist()
-        eos = _eos_ids(self.model, self.tokenizer)
+        eos = self._eos
         ends = []
         for row in seq:
             end = next((i for i in range(gen.prompt_len, len(row)) if row[i] in eos), None)
             ends.append(end)
         kept = []
-        for r in self._pending:
+        for r in self._records(self._pending):
             b = r.sequence - gen.sequences[0]
             if not 0 <= b < len(seq):
                 continue
             end = ends[b]
             if end is not None and r.index > end:
-                self.steps_captured -= 1
                 continue
-            if r.index < len(seq[b]):
+            if r.index < len(seq[b]) and r.token_id is None:
                 r.token_id = int(seq[b][r.index])
-            kept.append(r)
-        self._pending = kept
-        self._emit_pending()
-
-    def _emit_pending(self) -> None:
-        if not self._pending:
-            return
-        records, self._pending = self._pending, []
-        for r in records:
-            if r.token_id is not None and r.token_text is None:
                 r.token_text = self._text(r.token_id)
+            kept.append(r)
+        self._pending = []
+        self._write(kept)
+
+    def _emit_pending(self, keep_last: bool = False) -> None:
+        """Hands the pending steps to the sink; ``keep_last`` holds back the newest step while
+        its token is still unknown."""
+        steps, self._pending = self._pending, []
+        if keep_last and steps and steps[-1].tokens is None:
+            self._pending = [steps.pop()]
+        if steps:
+            self._write(self._records(steps))
+
+    def _records(self, steps: list[PendingStep]) -> list[StepRecord]:
+        return to_records(
+            steps,
+            layer_ids=self.layer_ids,
+            topk=self.topk if self.mode == "topk" else None,
+            text=self._text,
+            eos=self._eos,
+        )
+
+    def _write(self, records: list[StepRecord]) -> None:
+        self.steps_captured += len(records)
         self.sink.write(records)
 
     def _text(self, token_id: int) -> str:
-        tok = self.tokenizer
-        if tok is None:
-            return ""
-        if hasattr(tok, "token_text"):
-            return str(tok.token_text(token_id))
-        return str(tok.decode([token_id]))
+        # Cached per token id: a Hugging Face decode call costs more than a whole step's
+        # capture, and a token's text alone does not depend on its neighbours.
+        text = self._texts.get(token_id)
+        if text is None:
+            tok = self.tokenizer
+            if tok is None:
+                text = ""
+            elif hasattr(tok, "token_text"):
+                text = str(tok.token_text(token_id))
+            else:
+                text = str(tok.decode([token_id]))
+            self._texts[token_id] = text
+        return text
 
 
 def capture(model: nn.Module, mode: str = "fingerprint", **options: Any) -> Capture:
@@ -530,7 +628,7 @@ def capture(model: nn.Module, mode: str = "fingerprint", **options: Any) -> Capt
     ``topk`` most attended positions and their scores, ``mode="full"`` the full rows.
 
     Options (keywords of :class:`Capture`): ``sink`` is a :class:`~attnfast.FingerprintStore`,
-    a ``.attn`` path (``mode="full"``), a callable taking each forward's records, or None to
+    a ``.attn`` path (``mode="full"``), a callable taking batches of records, or None to
     keep them in ``cap.records``; ``layers``/``heads`` select what is captured (indices among
     the model's attention layers and their heads); ``every_n`` keeps every n-th step;
     ``topk`` (16); ``prefill=True`` adds a fingerprint for every prompt position
@@ -539,6 +637,39 @@ def capture(model: nn.Module, mode: str = "fingerprint", **options: Any) -> Capt
     ``model_id``.
     """
     return Capture(model, mode=mode, **options)
+
+
+def _last_row_bias(mask: torch.Tensor, n: int) -> np.ndarray:
+    """The additive mask of the last query row, ``(B|1, H|1, n)`` float32 (-inf = masked),
+    from what the attention kernel got: a 2-D ``(B, n)`` padding mask (1 = keep), or a 4-D
+    boolean (True = attend) or additive mask."""
+    if mask.dim() == 2:
+        m = mask[:, None, -n:].bool()
+    elif mask.dim() == 4:
+        m = mask[:, :, -1, -n:]
+    else:
+        raise CaptureError(f"attention mask of shape {tuple(mask.shape)} is not 2-D or 4-D")
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape).masked_fill_(~m, float("-inf"))
+    return m.float().numpy()
+
+
+def _shadow(
+    model: nn.Module, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Callable[[], None]:
+    """Shadows ``model.<name>`` with an instance attribute wrapping it (the class's method, or
+    an instance attribute already there, as accelerate's hooks leave); returns the undo."""
+    had = name in model.__dict__
+    before = model.__dict__.get(name)
+    object.__setattr__(model, name, wrap(getattr(model, name)))
+
+    def undo() -> None:
+        if had:
+            object.__setattr__(model, name, before)
+        else:
+            object.__delattr__(model, name)
+
+    return undo
 
 
 def _set_observer(module: nn.Module, observer: Callable[..., None]) -> Callable[[], None]:

@@ -62,7 +62,8 @@ class AttentionCache:
 
 class ScaledDotProductAttention(nn.Module):
     """``softmax(q k^T / sqrt(d) + mask) v``; returns ``(output, weights)`` (weights only when
-    asked for; otherwise torch's fused kernel runs)."""
+    asked for; otherwise torch's fused kernel runs). ``k`` and ``v`` may have fewer heads than
+    ``q`` (grouped-query attention): the fused kernel reads them in place, without repeating."""
 
     def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
@@ -79,7 +80,13 @@ class ScaledDotProductAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         p = self.dropout if self.training else 0.0
         if not need_weights:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), None
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, enable_gqa=k.shape[1] != q.shape[1]
+            )
+            return out, None
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         if mask is not None:
             scores = (
@@ -134,10 +141,7 @@ class MultiHeadAttention(nn.Module):
         full_mask = _full_mask(mask, causal, q_len, n, x.device)
         if self.capture_observer is not None:
             self.capture_observer(self, q, k, full_mask, self.head_dim**-0.5, False)
-        groups = self.heads // self.kv_heads
-        k_all = k.repeat_interleave(groups, dim=1) if groups > 1 else k
-        v_all = v.repeat_interleave(groups, dim=1) if groups > 1 else v
-        out, weights = self.attention(q, k_all, v_all, full_mask, need_weights=need_weights)
+        out, weights = self.attention(q, k, v, full_mask, need_weights=need_weights)
         out = out.transpose(1, 2).reshape(b, q_len, -1)
         return self.out_proj(out), weights, (k, v)
 

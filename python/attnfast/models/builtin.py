@@ -43,7 +43,8 @@ class Recipe:
             "lr": self.learning_rate,
             "seed": self.seed,
             "corpus": hashlib.sha256(corpus).hexdigest(),
-            "format": 1,
+            # Bumped when training's numerics change (2: grouped-query SDPA without repeats).
+            "format": 2,
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 

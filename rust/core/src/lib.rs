@@ -13,6 +13,9 @@
 //!   take the float32 path: one kernel to keep right.
 //! - Steps are independent; they run on a rayon pool, and serially in a process forked after the
 //!   pool started (its threads do not survive `fork`).
+//! - Capture (`step`) recomputes a decode step's rows from queries and keys and fingerprints
+//!   them in the same pass: eight keys' scores at a time with `hadd` reductions on AVX2, a
+//!   vectorised polynomial `exp`, and the entropy from the shifted scores, so no `ln` per key.
 
 pub mod capture;
 pub mod error;
@@ -20,6 +23,7 @@ pub mod fingerprint;
 pub mod layout;
 pub mod pack;
 pub mod parallel;
+pub mod step;
 pub mod store;
 pub mod zone;
 

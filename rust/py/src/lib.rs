@@ -6,7 +6,9 @@ mod error;
 mod fingerprint;
 mod messages;
 mod pack;
+mod step;
 mod store;
+mod torch_view;
 mod zone;
 
 use pyo3::prelude::*;
@@ -23,6 +25,8 @@ mod _core {
     use messages::PyMessageDecoder;
     #[pymodule_export]
     use pack::{pack_fingerprints, unpack_fingerprints};
+    #[pymodule_export]
+    use step::{attention_step, step_summary};
     #[pymodule_export]
     use store::PyStore;
     #[pymodule_export]

@@ -3,7 +3,7 @@
 /// Fused multiply-add when the target has FMA, else a multiply and an add. `FMA` is a const so
 /// the baseline build never calls libm's slow software `fmaf`.
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
@@ -36,9 +36,56 @@ pub fn ln<const FMA: bool>(x: f32) -> f32 {
     madd::<FMA>(k as f32, std::f32::consts::LN_2, ln_m)
 }
 
+/// `e^x` for `x <= 88`: within 2 float32 ulps of the true value for `x >= -87`, 0 below
+/// (so `-inf` gives 0: a masked score), NaN for NaN. Cephes' `expf` polynomial with its
+/// `floor` replaced by round-to-nearest through a magic constant, so the reduced argument is
+/// in [-ln2/2, ln2/2] and the whole function is branch-free and vectorises without SSE4.1.
+#[inline(always)]
+pub fn exp<const FMA: bool>(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let xc = if xc > 88.0 { 88.0 } else { xc };
+    let rounded = madd::<FMA>(xc, std::f32::consts::LOG2_E, ROUND);
+    // The integer sits in the low mantissa bits: no float-to-int conversion (whose saturating
+    // semantics keep LLVM from vectorising).
+    let n_int = (rounded.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let n = rounded - ROUND;
+    // x - n ln2, with ln2 split in two so that the first product is exact.
+    let r = madd::<FMA>(n, -0.693_359_4, xc);
+    let r = madd::<FMA>(n, 2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4_f32;
+    p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 0.166_666_65);
+    p = madd::<FMA>(p, r, 0.5);
+    let y = madd::<FMA>(p, r * r, r) + 1.0;
+    let scale = f32::from_bits(((n_int + 127) << 23) as u32);
+    if x < -87.0 { 0.0 } else { y * scale }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_matches_std() {
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            for got in [exp::<false>(x), exp::<true>(x)] {
+                let want = (x as f64).exp();
+                let rel = ((got as f64 - want) / want).abs();
+                assert!(rel < 2.5e-7, "exp({x}) = {got}, want {want}, rel {rel:e}");
+            }
+            x += 0.013_7;
+        }
+        for x in [f32::NEG_INFINITY, -1000.0, -87.5] {
+            assert_eq!(exp::<false>(x), 0.0);
+            assert_eq!(exp::<true>(x), 0.0);
+        }
+        assert!(exp::<false>(f32::NAN).is_nan());
+        assert_eq!(exp::<true>(0.0), 1.0);
+    }
 
     #[test]
     fn ln_matches_std_over_many_magnitudes() {

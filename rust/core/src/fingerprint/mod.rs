@@ -1,10 +1,10 @@
 //! Attention fingerprints, layout v1 (`shared/specs/fingerprint-v1.md`, mirrored in
 //! `docs/fingerprint-v1.md`).
 
-mod accumulate;
+pub(crate) mod accumulate;
 mod dense;
 pub mod fastmath;
-mod kernel;
+pub(crate) mod kernel;
 pub mod segments;
 pub mod simd;
 mod sparse;
