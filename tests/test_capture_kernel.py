@@ -78,3 +78,5 @@ def test_bad_inputs_name_the_problem() -> None:
         call([torch.full((1, 4, 1, 8), float("nan"))], k)
     with pytest.raises(ShapeError, match="1 queries, 2 keys"):
         call(q, k * 2)
+    with pytest.raises(ShapeError, match="layer 0 keys must be a torch tensor, not ndarray"):
+        call(q, [k[0].numpy()])

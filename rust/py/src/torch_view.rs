@@ -33,10 +33,13 @@ fn ints(tuple: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
         .collect()
 }
 
-fn float32(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static FLOAT32: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    FLOAT32
-        .get_or_try_init(py, || Ok(py.import("torch")?.getattr("float32")?.unbind()))
+/// `torch.<name>`, looked up once.
+fn torch_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || Ok(py.import("torch")?.getattr(name)?.unbind()))
         .map(|t| t.bind(py))
 }
 
@@ -48,9 +51,20 @@ impl<'py> TensorView<'py> {
         ndim: usize,
         what: impl Fn() -> String,
     ) -> PyResult<Self> {
+        static TENSOR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static FLOAT32: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let py = tensor.py();
+        // A real tensor, not an object that merely answers to the same names: the pointer is
+        // dereferenced below.
+        if !tensor.is_instance(torch_attr(py, &TENSOR, "Tensor")?)? {
+            let kind = tensor.get_type().name()?;
+            return Err(shape_error(format!(
+                "{} must be a torch tensor, not {kind}",
+                what()
+            )));
+        }
         let dtype = tensor.getattr(intern!(py, "dtype"))?;
-        if !dtype.is(float32(py)?) {
+        if !dtype.is(torch_attr(py, &FLOAT32, "float32")?) {
             return Err(shape_error(format!(
                 "{} must be float32, not {dtype}",
                 what()
