@@ -11,6 +11,7 @@ reduced chunk by chunk. Tests hold this against the Rust kernel and the numpy re
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -89,3 +90,26 @@ def fingerprints(attn: torch.Tensor, q0: int | None = None) -> torch.Tensor:
     _, _, q_count, n = attn.shape
     start = n - q_count if q0 is None else q0
     return assemble(layer_stats(attn, start))
+
+
+def step_summary(
+    layer_rows: list[torch.Tensor], pads: torch.Tensor, topk: int, want_rows: bool
+) -> tuple[Any, Any, int]:
+    """A step's summary in torch on the rows' device, laid out as the Rust kernel's
+    (``_core.attention_step``): host columns ``(B, 21 + 2k)`` (fingerprint, sink mass, top-k
+    scores and positions counted from each sequence's ``pads``), the rows ``(B, L, H, n)``
+    when ``want_rows``, and ``n``. Only these leave the device: in fingerprint mode 80 bytes
+    of fingerprint and 4 of sink mass per sequence, in one transfer."""
+    rows = torch.stack(layer_rows)  # (L, B, H, n)
+    n = rows.shape[-1]
+    rows = rows / rows.sum(-1, keepdim=True)
+    fp = assemble(layer_stats(rows.unsqueeze(-2), n - 1))[:, 0]  # (B, 20)
+    p = rows.mean(2).mean(0)  # (B, n): mean attention over layers and heads
+    pads = pads.to(p.device)
+    parts = [fp, p.gather(1, pads[:, None])]
+    if topk:
+        scores, positions = p.topk(min(topk, n), dim=-1)
+        parts += [scores, (positions - pads[:, None]).float()]
+    host = torch.cat(parts, dim=-1).cpu().numpy()
+    full = rows.transpose(0, 1).cpu().numpy() if want_rows else None
+    return host, full, n

@@ -11,6 +11,7 @@ step, so that at most two steps' rows wait in memory.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,4 +112,40 @@ def to_records(
             records.append(r)
         if s.tokens is not None:
             column += 1
+    return records
+
+
+def prompt_records(
+    fingerprints: np.ndarray,
+    ids: torch.Tensor | None,
+    gen: Generation,
+    *,
+    layer_ids: tuple[int, ...],
+    text: Callable[[int], str],
+) -> list[StepRecord]:
+    """Records of the prompt rows (``prefill=True``), fingerprints ``(B, Q, 20)``: ``step`` is
+    None, and row ``q`` chose the token at ``q + 1`` (a prompt token, or the first generated
+    one). Padding rows are skipped; the last row is step 0, recorded with the steps."""
+    now = time.time()
+    records = []
+    for b in range(fingerprints.shape[0]):
+        pad = gen.pad_list[b]
+        for q in range(pad, fingerprints.shape[1] - 1):
+            if not gen.is_real(b, q):
+                continue
+            token = int(ids[b, q + 1]) if ids is not None and q + 1 < ids.shape[1] else None
+            records.append(
+                StepRecord(
+                    request_id=gen.request_ids[b],
+                    sequence=gen.sequences[b],
+                    step=None,
+                    position=q + 1 - pad,
+                    fingerprint=fingerprints[b, q],
+                    sink_mass=float("nan"),
+                    layer_ids=layer_ids,
+                    timestamp=now,
+                    token_id=token,
+                    token_text=None if token is None else text(token),
+                )
+            )
     return records

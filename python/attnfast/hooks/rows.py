@@ -13,6 +13,7 @@ same arithmetic for every layer in one call.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from attnfast.exceptions import CaptureError
@@ -65,3 +66,18 @@ def attention_rows(
         future = torch.arange(n, device=q.device)[None, :] > qpos[:, None]
         scores = scores.masked_fill(future, float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def last_row_bias(mask: torch.Tensor, n: int) -> np.ndarray:
+    """The additive mask of the last query row, ``(B|1, H|1, n)`` float32 (-inf = masked),
+    from what the attention kernel got: a 2-D ``(B, n)`` padding mask (1 = keep), or a 4-D
+    boolean (True = attend) or additive mask."""
+    if mask.dim() == 2:
+        m = mask[:, None, -n:].bool()
+    elif mask.dim() == 4:
+        m = mask[:, :, -1, -n:]
+    else:
+        raise CaptureError(f"attention mask of shape {tuple(mask.shape)} is not 2-D or 4-D")
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape).masked_fill_(~m, float("-inf"))
+    return m.float().numpy()

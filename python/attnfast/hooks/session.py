@@ -31,12 +31,19 @@ from attnfast.hooks.pending import (
     EMIT_EVERY,
     Generation,
     PendingStep,
+    prompt_records,
     to_records,
 )
 from attnfast.hooks.records import StepRecord
-from attnfast.hooks.rows import attention_rows
+from attnfast.hooks.rows import attention_rows, last_row_bias
 from attnfast.hooks.sinks import Sink, make_sink
-from attnfast.hooks.targets import attach_hf, find_targets, mha_observer_hook
+from attnfast.hooks.targets import (
+    attach_hf,
+    find_targets,
+    mha_observer_hook,
+    set_observer,
+    shadow,
+)
 
 MODES = ("fingerprint", "topk", "full")
 # Prefill rows are recomputed this many queries at a time, bounding the extra memory to
@@ -178,7 +185,7 @@ class Capture:
             elif t.kind == "torch-mha":
                 self._undo.append(mha_observer_hook(t.module, observe))  # type: ignore[arg-type]
             else:
-                self._undo.append(_set_observer(t.module, observe))
+                self._undo.append(set_observer(t.module, observe))
         if any(t.module is self.model for t in self.targets):
             # The model is itself the attention layer (nn.MultiheadAttention), whose rows come
             # from a forward hook: the step ends in a hook registered after it.
@@ -188,9 +195,9 @@ class Capture:
         else:
             # A wrapper shadowing ``forward`` costs a few microseconds per call less than
             # module hooks, which matters on small models (a decode step near a millisecond).
-            self._undo.append(_shadow(self.model, "forward", self._wrap_forward))
+            self._undo.append(shadow(self.model, "forward", self._wrap_forward))
         if callable(getattr(self.model, "generate", None)):
-            self._undo.append(_shadow(self.model, "generate", self._wrap_generate))
+            self._undo.append(shadow(self.model, "generate", self._wrap_generate))
 
     def _detach(self) -> None:
         while self._undo:
@@ -337,7 +344,7 @@ class Capture:
                 fw.queries[slot] = query
                 fw.keys[slot] = key
                 if mask is not None:
-                    fw.biases[slot] = _last_row_bias(mask, key.shape[2])
+                    fw.biases[slot] = last_row_bias(mask, key.shape[2])
                 fw.scales[slot] = query.shape[-1] ** -0.5 if scaling is None else scaling
             elif fw.captured:
                 self._collect_recomputed(fw, slot, query, key, mask, scaling, is_causal)
@@ -464,7 +471,9 @@ class Capture:
                 if layer_rows[0].device.type == "cpu" and not self.torch_math:
                     host, full, n = self._step_from_rows(layer_rows, gen)
                 else:
-                    host, full, n = self._step_on_device(layer_rows, gen)
+                    host, full, n = dfp.step_summary(
+                        layer_rows, gen.pads, self._topk_columns, self._want_rows
+                    )
                 if fw.prefill:
                     self._emit_prefill(fw, gen)
             self._add_step(gen, n, host, full)
@@ -502,55 +511,12 @@ class Capture:
         host = _core.step_summary(rows, gen.pad_list, self._topk_columns)
         return host, rows if self.mode == "full" else None, rows.shape[-1]
 
-    def _step_on_device(
-        self, layer_rows: list[torch.Tensor], gen: Generation
-    ) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """The same in torch on the model's device; only the small host columns (and the
-        full rows in mode "full") are copied to the host."""
-        rows = torch.stack(layer_rows)  # (L, B, H, n)
-        n = rows.shape[-1]
-        rows = rows / rows.sum(-1, keepdim=True)
-        fp = dfp.assemble(dfp.layer_stats(rows.unsqueeze(-2), n - 1))[:, 0]  # (B, 20)
-        p = rows.mean(2).mean(0)  # (B, n): mean attention over layers and heads
-        pads = gen.pads.to(p.device)
-        parts = [fp, p.gather(1, pads[:, None])]
-        if self.mode == "topk":
-            scores, positions = p.topk(min(self.topk, n), dim=-1)
-            parts += [scores, (positions - pads[:, None]).float()]
-        # One transfer per step: in fingerprint mode 80 bytes of fingerprint and 4 of sink
-        # mass per sequence leave the device.
-        host = torch.cat(parts, dim=-1).cpu().numpy()
-        full = rows.transpose(0, 1).cpu().numpy() if self.mode == "full" else None
-        return host, full, n
-
     def _emit_prefill(self, fw: _Forward, gen: Generation) -> None:
         stats = torch.stack([torch.cat(fw.prefill[i], dim=1) for i in range(len(self.targets))])
         fps = dfp.assemble(stats).cpu().numpy()  # (B, Q, 20)
-        ids = fw.input_ids
-        now = time.time()
-        records = []
-        for b in range(fps.shape[0]):
-            pad = int(gen.pads[b])
-            for q in range(pad, fps.shape[1] - 1):
-                if not gen.is_real(b, q):
-                    continue
-                # Row q chose the token at q + 1 (a prompt token, or the first generated one).
-                token = int(ids[b, q + 1]) if ids is not None and q + 1 < ids.shape[1] else None
-                records.append(
-                    StepRecord(
-                        request_id=gen.request_ids[b],
-                        sequence=gen.sequences[b],
-                        step=None,
-                        position=q + 1 - pad,
-                        fingerprint=fps[b, q],
-                        sink_mass=float("nan"),
-                        layer_ids=self.layer_ids,
-                        timestamp=now,
-                        token_id=token,
-                        token_text=None if token is None else self._text(token),
-                    )
-                )
-        self.sink.write(records)
+        self.sink.write(
+            prompt_records(fps, fw.input_ids, gen, layer_ids=self.layer_ids, text=self._text)
+        )
 
     # --- tokens ---------------------------------------------------------------------------
 
@@ -637,44 +603,6 @@ def capture(model: nn.Module, mode: str = "fingerprint", **options: Any) -> Capt
     ``model_id``.
     """
     return Capture(model, mode=mode, **options)
-
-
-def _last_row_bias(mask: torch.Tensor, n: int) -> np.ndarray:
-    """The additive mask of the last query row, ``(B|1, H|1, n)`` float32 (-inf = masked),
-    from what the attention kernel got: a 2-D ``(B, n)`` padding mask (1 = keep), or a 4-D
-    boolean (True = attend) or additive mask."""
-    if mask.dim() == 2:
-        m = mask[:, None, -n:].bool()
-    elif mask.dim() == 4:
-        m = mask[:, :, -1, -n:]
-    else:
-        raise CaptureError(f"attention mask of shape {tuple(mask.shape)} is not 2-D or 4-D")
-    if m.dtype == torch.bool:
-        m = torch.zeros(m.shape).masked_fill_(~m, float("-inf"))
-    return m.float().numpy()
-
-
-def _shadow(
-    model: nn.Module, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> Callable[[], None]:
-    """Shadows ``model.<name>`` with an instance attribute wrapping it (the class's method, or
-    an instance attribute already there, as accelerate's hooks leave); returns the undo."""
-    had = name in model.__dict__
-    before = model.__dict__.get(name)
-    object.__setattr__(model, name, wrap(getattr(model, name)))
-
-    def undo() -> None:
-        if had:
-            object.__setattr__(model, name, before)
-        else:
-            object.__delattr__(model, name)
-
-    return undo
-
-
-def _set_observer(module: nn.Module, observer: Callable[..., None]) -> Callable[[], None]:
-    setattr(module, "capture_observer", observer)  # noqa: B010
-    return lambda: setattr(module, "capture_observer", None)
 
 
 def _default_tokenizer(model: nn.Module) -> Any:

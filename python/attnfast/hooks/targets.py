@@ -201,3 +201,27 @@ def _mha_mask(
             add = add.view(bsz, h, q_len, -1)
         out = add if out is None else out + add
     return out
+
+
+def shadow(
+    model: nn.Module, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Callable[[], None]:
+    """Shadows ``model.<name>`` with an instance attribute wrapping it (the class's method, or
+    an instance attribute already there, as accelerate's hooks leave); returns the undo."""
+    had = name in model.__dict__
+    before = model.__dict__.get(name)
+    object.__setattr__(model, name, wrap(getattr(model, name)))
+
+    def undo() -> None:
+        if had:
+            object.__setattr__(model, name, before)
+        else:
+            object.__delattr__(model, name)
+
+    return undo
+
+
+def set_observer(module: nn.Module, observer: Callable[..., None]) -> Callable[[], None]:
+    """Hands a reference-model layer its observer; returns the undo."""
+    setattr(module, "capture_observer", observer)  # noqa: B010
+    return lambda: setattr(module, "capture_observer", None)
