@@ -347,7 +347,22 @@ class Capture:
                     fw.biases[slot] = last_row_bias(mask, key.shape[2])
                 fw.scales[slot] = query.shape[-1] ** -0.5 if scaling is None else scaling
             elif fw.captured:
-                self._collect_recomputed(fw, slot, query, key, mask, scaling, is_causal)
+                # The torch path: this layer's rows recomputed right away.
+                with torch.no_grad():
+                    self._collect(
+                        fw,
+                        slot,
+                        query.shape[2],
+                        lambda start, count: attention_rows(
+                            query,
+                            key,
+                            q_start=start,
+                            q_count=count,
+                            scaling=scaling,
+                            mask=mask,
+                            is_causal=is_causal,
+                        ),
+                    )
 
         return observe
 
@@ -376,32 +391,6 @@ class Capture:
             fw.queries, fw.keys = [None] * layers, [None] * layers
             fw.biases, fw.scales = [None] * layers, [None] * layers
         return True
-
-    def _collect_recomputed(
-        self,
-        fw: _Forward,
-        slot: int,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        mask: torch.Tensor | None,
-        scaling: float | None,
-        is_causal: bool,
-    ) -> None:
-        """The torch path: the rows recomputed from the queries and keys right away."""
-
-        def rows(q_start: int, q_count: int) -> torch.Tensor:
-            return attention_rows(
-                query,
-                key,
-                q_start=q_start,
-                q_count=q_count,
-                scaling=scaling,
-                mask=mask,
-                is_causal=is_causal,
-            )
-
-        with torch.no_grad():
-            self._collect(fw, slot, query.shape[2], rows)
 
     def _eager_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None

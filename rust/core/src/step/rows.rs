@@ -104,8 +104,13 @@ pub fn query_rows(layers: &[LayerQueryKeys<'_>], heads: Option<&[usize]>) -> Res
     let mut data = vec![0.0f32; batch * (len + FINGERPRINT_DIM)];
     let dim = first.query.len_of(Axis(2));
     let ranges = key_ranges(keys - 1, keys);
+    let step = Step {
+        layers,
+        heads: &heads,
+        ranges: &ranges,
+    };
     parallel::try_for_each_row(&mut data, len + FINGERPRINT_DIM, len * dim, |b, out| {
-        sequence_rows(layers, &heads, &ranges, b, out)
+        sequence_rows(&step, b, out)
     })?;
     Ok(StepRows { data, shape })
 }
@@ -153,60 +158,49 @@ fn check_layer(
     Ok(())
 }
 
+/// What every sequence of a step shares: the layers, the selected heads, and the key ranges of
+/// the distance segments (query at `N - 1`).
+struct Step<'s, 'a> {
+    layers: &'s [LayerQueryKeys<'a>],
+    heads: &'s [usize],
+    ranges: &'s [KeyRange],
+}
+
 /// Fills `out` (`L x H' x N` rows, then the fingerprint) for sequence `b`.
-fn sequence_rows(
-    layers: &[LayerQueryKeys<'_>],
-    heads: &[usize],
-    ranges: &[KeyRange],
-    b: usize,
-    out: &mut [f32],
-) -> Result<()> {
+fn sequence_rows(step: &Step<'_, '_>, b: usize, out: &mut [f32]) -> Result<()> {
     // SAFETY: simd::level() only returns a path whose features the CPU has (`detected`).
     #[cfg(target_arch = "x86_64")]
     match simd::level() {
-        simd::Level::Avx512 => {
-            return unsafe { sequence_rows_avx512(layers, heads, ranges, b, out) };
-        }
-        simd::Level::Avx2Fma => {
-            return unsafe { sequence_rows_avx2(layers, heads, ranges, b, out) };
-        }
+        simd::Level::Avx512 => return unsafe { sequence_rows_avx512(step, b, out) },
+        simd::Level::Avx2Fma => return unsafe { sequence_rows_avx2(step, b, out) },
         simd::Level::Baseline => {}
     }
-    sequence_rows_with::<false>(layers, heads, ranges, b, out)
+    sequence_rows_with::<false>(step, b, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn sequence_rows_avx2(
-    layers: &[LayerQueryKeys<'_>],
-    heads: &[usize],
-    ranges: &[KeyRange],
-    b: usize,
-    out: &mut [f32],
-) -> Result<()> {
-    sequence_rows_with::<true>(layers, heads, ranges, b, out)
+fn sequence_rows_avx2(step: &Step<'_, '_>, b: usize, out: &mut [f32]) -> Result<()> {
+    sequence_rows_with::<true>(step, b, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn sequence_rows_avx512(
-    layers: &[LayerQueryKeys<'_>],
-    heads: &[usize],
-    ranges: &[KeyRange],
-    b: usize,
-    out: &mut [f32],
-) -> Result<()> {
-    sequence_rows_with::<true>(layers, heads, ranges, b, out)
+fn sequence_rows_avx512(step: &Step<'_, '_>, b: usize, out: &mut [f32]) -> Result<()> {
+    sequence_rows_with::<true>(step, b, out)
 }
 
 #[inline(always)]
 fn sequence_rows_with<const FMA: bool>(
-    layers: &[LayerQueryKeys<'_>],
-    heads: &[usize],
-    ranges: &[KeyRange],
+    step: &Step<'_, '_>,
     b: usize,
     out: &mut [f32],
 ) -> Result<()> {
+    let Step {
+        layers,
+        heads,
+        ranges,
+    } = *step;
     let (rows, fingerprint) = out.split_at_mut(out.len() - FINGERPRINT_DIM);
     let keys = rows.len() / (layers.len() * heads.len());
     let mut acc = StepAccumulator::new(layers.len(), heads.len());
