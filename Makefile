@@ -16,11 +16,11 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PYO3_PYTHON := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help demo test build lint rust-test py-test bench clean
+.PHONY: help demo test build lint stubtest rust-test py-test bench clean
 
 help:
 	@echo "make demo   set up, build, run the demo on the built-in default"
-	@echo "make test   set up, build, run every check (fmt, clippy, cargo test, ruff, mypy, pytest)"
+	@echo "make test   set up, build, run every check (fmt, clippy, cargo test, ruff, mypy, stubtest, pytest)"
 	@echo "make bench  set up, build, run the benchmarks in benches/"
 
 $(DEPS_STAMP): pyproject.toml scripts/requirements.py
@@ -45,13 +45,17 @@ lint: $(DEPS_STAMP)
 	$(BIN)/ruff format --check python tests benches scripts
 	$(BIN)/mypy
 
+# The extension's stubs (_core.pyi) against the built extension itself.
+stubtest: build
+	$(BIN)/python -m mypy.stubtest --ignore-disjoint-bases attnfast._core
+
 rust-test:
 	cargo test -p attnfast-core --release
 
 py-test: build
 	$(BIN)/python -m pytest
 
-test: build lint rust-test py-test
+test: build lint stubtest rust-test py-test
 
 bench: build
 	$(BIN)/python benches/bench_fingerprints.py

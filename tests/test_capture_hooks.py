@@ -157,12 +157,18 @@ def test_minilm_pretrained_prefill_rows_match_eager() -> None:
     with torch.no_grad():
         rows = torch.stack(eager(**enc, output_attentions=True).attentions)
     lengths = enc["attention_mask"].sum(-1).tolist()
-    # Every real row once: prompt rows (step None), and step 0 for the unpadded sequence,
-    # whose last row is real (the padded one's last row is padding).
+    # An encoder's rows carry their own tokens: every real row is one record, its step and
+    # position its index, under one request id per sequence; padding rows are not recorded.
     assert len(cap.records) == lengths[0] + lengths[1]
-    assert [r.sequence for r in cap.records if r.step == 0] == [0]
+    for seq, n in enumerate(lengths):
+        mine = [r for r in cap.records if r.sequence == seq]
+        assert [r.step for r in mine] == [r.position for r in mine] == list(range(n))
+        assert [r.token_id for r in mine] == enc["input_ids"][seq, :n].tolist()
+        assert [r.token_text for r in mine] == [tok.decode([t]) for t in enc["input_ids"][seq, :n]]
+        assert len({r.request_id for r in mine}) == 1
+    assert len({r.request_id for r in cap.records}) == 2
     for r in cap.records:
-        q, n = r.position - 1, lengths[r.sequence]
+        q, n = r.position, lengths[r.sequence]
         ref = attnfast.compute_fingerprints(rows[:, r.sequence, :, q, :n].numpy(), np.array([q]))
         np.testing.assert_allclose(r.fingerprint, ref[0], atol=TOL)
 
@@ -175,7 +181,7 @@ def test_torch_multihead_attention() -> None:
         _, w = mha(x, x, x, need_weights=True, average_attn_weights=False)
     assert len(cap.records) == 20
     for r in cap.records:
-        q = r.position - 1
+        q = r.position  # bidirectional: each row is its own token's
         ref = attnfast.compute_fingerprints(w[r.sequence][None, :, q].numpy(), np.array([q]))
         np.testing.assert_allclose(r.fingerprint, ref[0], atol=TOL)
 

@@ -13,7 +13,15 @@ import pyarrow as pa
 import pytest
 
 import attnfast
-from attnfast import DuplicateStepError, FingerprintStore, InvalidInputError, ShapeError, StoreError
+from attnfast import (
+    DuplicateStepError,
+    FingerprintStore,
+    InvalidInputError,
+    MissingFileError,
+    ShapeError,
+    StoreError,
+)
+from attnfast.synthetic import fingerprints
 
 
 @pytest.fixture
@@ -21,8 +29,12 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "fp.db"
 
 
-def fps(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.random((n, 20), dtype=np.float32)
+def fps(rng: np.random.Generator, n: int, layout: str = "v1") -> np.ndarray:
+    """Random fingerprints of a layout (random floats are not fingerprints: refused)."""
+    return fingerprints(n, seed=int(rng.integers(1 << 31)), layout=layout)
+
+
+ONE = fingerprints(1, seed=7)  # one valid v1 vector
 
 
 def test_round_trip_all_columns(db: Path, rng: np.random.Generator) -> None:
@@ -48,7 +60,7 @@ def test_round_trip_all_columns(db: Path, rng: np.random.Generator) -> None:
             sink_token_mass=[0.9, 0.8, 0.7, 0.6],
             model_id="m",
             top_k_positions=[[5, 1], None, [7], [1, 2, 3]],
-            top_k_scores=np.full((4, 2), 0.5, np.float32),
+            top_k_scores=[[0.5, 0.5], None, [0.25], [0.5, 0.25, 0.125]],
             capture_layer_ids=[[0, 11]] * 4,
             top_expert_ids=[None, [1, 2], None, None],
         )
@@ -63,8 +75,10 @@ def test_round_trip_all_columns(db: Path, rng: np.random.Generator) -> None:
     assert cols["token_id_valid"].tolist() == [True, False, True, True]
     assert cols["token_text"] == ["x", "é", "z", None]
     assert cols["think_phase"] == ["think", "output", "unknown", None]
-    assert cols["manifold_zone"] == ["syntax_floor", None, "structure_ripple", "unknown"]
-    np.testing.assert_array_equal(cols["manifold_confidence"], [0.5, np.nan, 1.0, 0.25])
+    # A v1 row given no zone gets the rule zone and its confidence.
+    (rule_zone,), (rule_confidence,) = attnfast.zone_of(vectors[1])
+    assert cols["manifold_zone"] == ["syntax_floor", rule_zone, "structure_ripple", "unknown"]
+    np.testing.assert_allclose(cols["manifold_confidence"], [0.5, rule_confidence, 1.0, 0.25])
     assert cols["cluster_id"].tolist() == [3, -1, 3, 4]
     np.testing.assert_array_equal(cols["router_entropy"], [1.5, 2.5, 0.0, np.nan])
     assert cols["session_id"] == ["s1"] * 4
@@ -88,7 +102,9 @@ def test_arrow_table_types(db: Path, rng: np.random.Generator) -> None:
         store.flush()
         table = store.read()
     assert isinstance(table, pa.Table)
-    assert table.schema.field("fingerprint").type == pa.list_(pa.float32(), 20)
+    item = pa.field("item", pa.float32(), nullable=False)
+    assert table.schema.field("fingerprint").type == pa.list_(item, 20)
+    assert table.schema.field("invalid").type == pa.bool_()
     assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert table.column("token_id").to_pylist() == [1, 2, 3]
     assert table.column("step").to_pylist() == [0, 1, 2]
@@ -96,7 +112,7 @@ def test_arrow_table_types(db: Path, rng: np.random.Generator) -> None:
 
 def test_single_row_and_default_zone(db: Path) -> None:
     local = np.zeros(20, np.float32)
-    local[0], local[3] = 0.9, 0.5  # local mass high, entropy low: syntax_floor
+    local[0], local[1], local[3], local[5] = 0.9, 0.1, 0.5, 1.0  # local, low entropy: syntax_floor
     with FingerprintStore(db) as store:
         assert store.append("one", 7, local) == 1
         store.flush()
@@ -109,7 +125,7 @@ def test_single_row_and_default_zone(db: Path) -> None:
 
 def test_sglang_layout_is_tagged_and_not_zoned(db: Path, rng: np.random.Generator) -> None:
     with FingerprintStore(db) as store:
-        store.append("s", [1, 2], fps(rng, 2), layout="sglang")
+        store.append("s", [1, 2], fps(rng, 2, "sglang"), layout="sglang")
         store.append("v", [1], fps(rng, 1))
         store.flush()
         sglang = store.read(layout="sglang", format="numpy")
@@ -203,10 +219,10 @@ def test_request_summary_counts(db: Path, rng: np.random.Generator) -> None:
         (summary,) = store.requests()
     assert summary["request_id"] == "q"
     assert summary["total_steps"] == 4
-    # As the seed's trigger: the first row's phase is not counted.
-    assert summary["think_steps"] == 2
+    # Every row counts (the seed's trigger left out the first row's phase).
+    assert summary["think_steps"] == 3
     assert summary["output_steps"] == 1
-    assert summary["model_id"] is None  # the first row had none
+    assert summary["model_id"] is None  # the first step had none
 
 
 @pytest.mark.parametrize(
@@ -217,6 +233,22 @@ def test_request_summary_counts(db: Path, rng: np.random.Generator) -> None:
         ({"request_ids": [""]}, InvalidInputError, "request_id of row 0 is empty"),
         ({"request_ids": [3]}, InvalidInputError, r"request_ids\[0\] must be a str"),
         ({"fingerprints": np.full((1, 20), np.nan, np.float32)}, InvalidInputError, "NaN"),
+        (
+            {"fingerprints": np.full((1, 20), 0.05, np.float32)},
+            InvalidInputError,
+            r"fingerprint of row 0 is not a v1 vector: it has masses \(indices 0..2\) summing",
+        ),
+        (
+            {"fingerprints": ONE * np.where(np.arange(20) == 12, -1, 1).astype(np.float32)},
+            InvalidInputError,
+            r"negative value .* at index 12",
+        ),
+        (
+            {"top_k_positions": [[1, 2]], "top_k_scores": [[0.5]]},
+            ShapeError,
+            "top_k_positions of row 0 has 2 entries but top_k_scores has 1",
+        ),
+        ({"invalid": ["yes"]}, attnfast.DtypeError, "invalid must be booleans"),
         ({"fingerprints": np.zeros((1, 19), np.float32)}, ShapeError, r"\(T, 20\)"),
         ({"think_phase": "dreaming"}, InvalidInputError, "think_phase of row 0 is 'dreaming'"),
         ({"manifold_zone": "nowhere"}, InvalidInputError, "manifold_zone of row 0"),
@@ -230,15 +262,11 @@ def test_request_summary_counts(db: Path, rng: np.random.Generator) -> None:
 def test_bad_rows_raise_and_store_nothing(
     db: Path, kwargs: dict[str, object], error: type[Exception], message: str
 ) -> None:
-    args: dict[str, object] = {
-        "request_ids": ["r"],
-        "steps": [1],
-        "fingerprints": np.zeros((1, 20), np.float32),
-    }
+    args: dict[str, object] = {"request_ids": ["r"], "steps": [1], "fingerprints": ONE}
     extra = {k: v for k, v in kwargs.items() if k not in args}
     args.update({k: v for k, v in kwargs.items() if k in args})
     with FingerprintStore(db) as store:
-        store.append("keep", [1], np.zeros((1, 20), np.float32))
+        store.append("keep", [1], ONE)
         with pytest.raises(error, match=message):
             store.append(args["request_ids"], args["steps"], args["fingerprints"], **extra)  # type: ignore[arg-type]
         store.flush()
@@ -251,11 +279,12 @@ def test_closed_store_and_bad_paths(tmp_path: Path) -> None:
     store.close()
     assert store.closed
     with pytest.raises(StoreError, match="is closed"):
-        store.append("r", [1], np.zeros((1, 20), np.float32))
+        store.append("r", [1], ONE)
     with pytest.raises(StoreError, match="is a folder"):
         FingerprintStore(tmp_path)
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist") as missing:
         FingerprintStore(tmp_path / "nope" / "x.db")
+    assert isinstance(missing.value, FileNotFoundError)
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match=r"cannot open .*garbage.db"):
@@ -287,7 +316,7 @@ def test_many_threads_append_concurrently(db: Path) -> None:
 
 def test_synchronous_full_and_pragmas(db: Path) -> None:
     with FingerprintStore(db, synchronous="full") as store:
-        store.append("r", [1], np.zeros((1, 20), np.float32))
+        store.append("r", [1], ONE)
         store.flush()
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from attnfast import FingerprintStore, pack_fingerprints
+from attnfast.synthetic import fingerprints
 
 ATTNFAST = str(Path(sys.executable).with_name("attnfast"))
 
@@ -30,10 +31,11 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def jsonl(tmp_path: Path, rng: np.random.Generator) -> Path:
     path = tmp_path / "messages.jsonl"
+    vectors = fingerprints(100, layout="sglang").tolist()  # the server's layout, as JSONL is
     with path.open("w") as f:
         for r in range(4):
             for step in range(1, 26):
-                vector = rng.random(20).tolist()
+                vector = vectors[r * 25 + step - 1]
                 f.write(json.dumps({"request_id": f"r{r}", "step": step, "vector": vector}) + "\n")
         f.write('{"request_id": "r9", "vector": [1, 2]}\n')
     return path
@@ -43,12 +45,12 @@ def test_ingest_query_stats(tmp_path: Path, jsonl: Path, rng: np.random.Generato
     db = tmp_path / "fp.db"
     assert "ready, 0 rows" in run("init", "--db", str(db)).stdout
     out = run("ingest", "--db", str(db), str(jsonl))
-    assert "100 rows appended, 1 bad line(s) skipped" in out.stdout
+    assert "100 stored, 1 line(s) refused as invalid" in out.stdout
     assert "vector must be a list of 20 numbers, got 2" in out.stderr
 
     npy, packed = tmp_path / "a.npy", tmp_path / "b.fp"
-    np.save(npy, rng.random((7, 20), dtype=np.float32))
-    packed.write_bytes(pack_fingerprints(rng.random((3, 20), dtype=np.float32)))
+    np.save(npy, fingerprints(7, seed=1))
+    packed.write_bytes(pack_fingerprints(fingerprints(3, seed=2)))
     run("ingest", "--db", str(db), str(npy), "--request-id", "npy-req")
     run("ingest", "--db", str(db), str(packed), "--request-id", "fp-req", "--start-step", "5")
 
@@ -65,7 +67,7 @@ def test_ingest_query_stats(tmp_path: Path, jsonl: Path, rng: np.random.Generato
     assert len(jsonl_rows) == 25
     assert jsonl_rows[0]["schema_version"] == 1001
     table = run("query", "--db", str(db), "--limit", "5").stdout
-    assert "5 rows" in table
+    assert "5 of 110 rows" in table
     assert "fp-req" in table  # the newest request comes first
 
     stats = json.loads(run("stats", "--db", str(db), "--json").stdout)
@@ -88,7 +90,7 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "since must be" in bad.stderr
     npy = tmp_path / "a.npy"
-    np.save(npy, np.zeros((2, 20), np.float32))
+    np.save(npy, fingerprints(2))
     no_id = run("ingest", "--db", str(db), str(npy), check=False)
     assert no_id.returncode == 2
     assert "--request-id" in no_id.stderr
@@ -99,7 +101,7 @@ def test_export_is_read_by_pyarrow_polars_duckdb(tmp_path: Path, rng: np.random.
 
     db, out = tmp_path / "fp.db", tmp_path / "export"
     day = datetime(2026, 4, 1, 23, 30, tzinfo=UTC)
-    vectors = rng.random((300, 20), dtype=np.float32)
+    vectors = fingerprints(300)
     with FingerprintStore(db) as store:
         store.append("a", np.arange(100), vectors[:100], created_at=day, token_text="x",
                      top_k_positions=np.tile([3, 1], (100, 1)))  # fmt: skip
@@ -145,7 +147,7 @@ def test_export_keeps_sparse_columns_however_written(tmp_path: Path) -> None:
     blob = struct.pack("<20f", *([0.05] * 20))
     db = tmp_path / "a.db"
     with FingerprintStore(db) as store:
-        store.append("r", [1, 2], np.zeros((2, 20), np.float32), session_id=["s", None])
+        store.append("r", [1, 2], fingerprints(2), session_id=["s", None])
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("UPDATE af_fingerprints SET model_id = 'm' WHERE (id & 16777215) = 2")
     conn.execute(

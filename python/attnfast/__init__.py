@@ -23,10 +23,12 @@ from attnfast.exceptions import (
     BlobError,
     CaptureError,
     CaptureFileError,
+    DecodeError,
     DtypeError,
     DuplicateStepError,
     InvalidInputError,
     LayoutError,
+    MissingFileError,
     ShapeError,
     StoreError,
 )
@@ -42,7 +44,7 @@ from attnfast.fingerprint import (
     zone_of,
 )
 from attnfast.layout import Layout
-from attnfast.store import FingerprintStore
+from attnfast.store import FingerprintStore, Written
 
 __version__: str = _core.__version__
 
@@ -77,15 +79,18 @@ __all__ = [
     "CaptureFile",
     "CaptureFileError",
     "CaptureWriter",
+    "DecodeError",
     "DtypeError",
     "DuplicateStepError",
     "FingerprintStore",
     "InvalidInputError",
     "Layout",
     "LayoutError",
+    "MissingFileError",
     "ShapeError",
     "StepRecord",
     "StoreError",
+    "Written",
     "__version__",
     "build_info",
     "capture",

@@ -1,10 +1,33 @@
 """Type stubs of the private Rust extension. Use the public API in ``attnfast`` instead."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias, final
 
 import numpy as np
 from numpy.typing import NDArray
+
+__all__ = [
+    "FINGERPRINT_FIELDS",
+    "LAYOUTS",
+    "ZONE_NAMES",
+    "CaptureReader",
+    "CaptureWriter",
+    "MessageDecoder",
+    "Store",
+    "Ticket",
+    "__version__",
+    "attention_step",
+    "build_info",
+    "fingerprints_f16",
+    "fingerprints_f32",
+    "fingerprints_topk",
+    "pack_fingerprints",
+    "release_memory",
+    "set_simd_limit",
+    "step_summary",
+    "unpack_fingerprints",
+    "zone_codes",
+]
 
 __version__: str
 FINGERPRINT_FIELDS: list[str]
@@ -39,16 +62,29 @@ def attention_step(
 ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None, int]: ...
 def step_summary(rows: NDArray[np.float32], pads: list[int], topk: int) -> NDArray[np.float32]: ...
 def build_info() -> tuple[str, int]: ...
+def release_memory() -> None: ...
 
+# (stored, duplicates, first duplicates as (request_id, step))
+_Outcome: TypeAlias = tuple[int, int, list[tuple[str, int]]]
+
+@final
+class Ticket:
+    def wait(self) -> _Outcome: ...
+    def done(self) -> bool: ...
+    @property
+    def rows(self) -> int: ...
+
+@final
 class Store:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str,
         synchronous: str,
         busy_timeout_s: float,
         max_queued_rows: int,
         on_duplicate: str,
-    ) -> None: ...
+        init: bool,
+    ) -> Store: ...
     def append(
         self,
         request_ids: str | list[str],
@@ -57,13 +93,29 @@ class Store:
         layout: int,
         columns: dict[str, Any],
     ) -> int: ...
+    def append_tracked(
+        self,
+        request_ids: str | list[str],
+        steps: NDArray[np.int64],
+        fingerprints: NDArray[np.float32],
+        layout: int,
+        columns: dict[str, Any],
+    ) -> Ticket: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
-    @property
-    def migrated_rows(self) -> int: ...
+    def opened(self) -> tuple[int, int, int | None]: ...
     def writer_stats(self) -> tuple[int, int, int, int, int]: ...
+    def count(
+        self,
+        since_us: int | None,
+        until_us: int | None,
+        request_id: str | None,
+        zone: int | None,
+        cluster_id: int | None,
+        layout: int | None,
+    ) -> int: ...
     def read(
         self,
         since_us: int | None,
@@ -85,15 +137,20 @@ class Store:
         progress: Callable[[int], None] | None = None,
     ) -> tuple[int, list[tuple[str, str, int]]]: ...
 
+@final
 class MessageDecoder:
-    def __init__(self, default_layout: int) -> None: ...
+    def __new__(cls, default_layout: int) -> MessageDecoder: ...
     def append_raw(
         self, store: Store, messages: list[bytes], all_or_nothing: bool
-    ) -> tuple[int, list[tuple[int, str]]]: ...
-    def append_body(self, store: Store, body: bytes) -> tuple[int, list[tuple[int, str]]]: ...
+    ) -> tuple[list[Ticket], list[tuple[int, str]]]: ...
+    def append_one(self, store: Store, message: bytes) -> Ticket: ...
+    def append_body(
+        self, store: Store, body: bytes | bytearray
+    ) -> tuple[list[Ticket], list[tuple[int, str]]]: ...
 
+@final
 class CaptureWriter:
-    def __init__(self, path: str, meta_json: str, chunk_bytes: int, level: int) -> None: ...
+    def __new__(cls, path: str, meta_json: str, chunk_bytes: int, level: int) -> CaptureWriter: ...
     def write_meta(self, meta_json: str) -> None: ...
     def write_step(
         self,
@@ -104,20 +161,24 @@ class CaptureWriter:
         timestamp_ms: int,
         text: str,
         attention: NDArray[Any],
+        prompt: bool = False,
     ) -> None: ...
     @property
     def steps(self) -> int: ...
     @property
+    def prompt_rows(self) -> int: ...
+    @property
     def closed(self) -> bool: ...
     def close(self) -> int: ...
 
+@final
 class CaptureReader:
-    def __init__(self, path: str) -> None: ...
+    def __new__(cls, path: str) -> CaptureReader: ...
     def meta_json(self) -> str: ...
     @property
     def indexed(self) -> bool: ...
     def problems(self) -> list[tuple[int, int, str]]: ...
     def verify(self) -> list[tuple[int, int, str]]: ...
     def __len__(self) -> int: ...
-    def steps(self) -> tuple[Any, ...]: ...
-    def read(self, i: int) -> NDArray[np.float32]: ...
+    def steps(self, prompt: bool = False) -> tuple[Any, ...]: ...
+    def read(self, i: int, prompt: bool = False) -> NDArray[np.float32]: ...

@@ -40,6 +40,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "manifold_zone",
     *_REAL_COLUMNS,
     *LIST_COLUMNS,
+    "invalid",
 )
 
 
@@ -100,6 +101,14 @@ def _codes(value: Any, rows: int, names: Sequence[str], what: str) -> NDArray[np
     return out
 
 
+def _flags(value: Any, rows: int, what: str) -> NDArray[np.bool_]:
+    """Booleans, one for every row or one per row."""
+    arr = _rows_of(value, rows, what)
+    if arr.dtype != np.bool_:
+        raise DtypeError(f"{what} must be booleans, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
 def _texts(value: Any, rows: int, what: str) -> str | list[str | None]:
     if isinstance(value, str):
         return value
@@ -155,6 +164,8 @@ def normalise_columns(rows: int, given: dict[str, Any]) -> dict[str, Any]:
             out[name] = _codes(value, rows, THINK_PHASES, name)
         elif name == "manifold_zone":
             out["zone"] = _codes(value, rows, ZONES, name)
+        elif name == "invalid":
+            out[name] = _flags(value, rows, name)
         else:
             out[name] = _lists(value, rows, LIST_COLUMNS[name], name)
     return out

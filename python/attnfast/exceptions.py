@@ -30,6 +30,11 @@ class BlobError(InvalidInputError):
     """A packed fingerprint blob that is not whole rows, or holds non-finite values."""
 
 
+class DecodeError(InvalidInputError):
+    """Bytes that are not in the format they claim to be: JSON that does not parse, a file
+    that is not the array or table it is named as. Servers answer it with 400."""
+
+
 class LayoutError(InvalidInputError):
     """A fingerprint layout name or code that this version does not know, or one used where
     another is required."""
@@ -43,6 +48,11 @@ class StoreError(AttnfastError):
 class DuplicateStepError(StoreError):
     """Under ``on_duplicate="error"``: rows repeated a stored ``(request_id, step)``. They were
     not written; the stored rows and the other rows of their batches were."""
+
+
+class MissingFileError(AttnfastError, FileNotFoundError):
+    """A file or folder that should exist does not: a database to query, a capture file, an
+    input, the folder of a new database. Also a :class:`FileNotFoundError`."""
 
 
 class CaptureFileError(AttnfastError):
@@ -62,10 +72,12 @@ __all__ = [
     "BlobError",
     "CaptureError",
     "CaptureFileError",
+    "DecodeError",
     "DtypeError",
     "DuplicateStepError",
     "InvalidInputError",
     "LayoutError",
+    "MissingFileError",
     "ShapeError",
     "StoreError",
 ]

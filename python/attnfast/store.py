@@ -2,20 +2,23 @@
 background thread in Rust.
 
 >>> import numpy as np, attnfast, tempfile, os
+>>> from attnfast.synthetic import fingerprints
 >>> path = os.path.join(tempfile.mkdtemp(), "fp.db")
 >>> with attnfast.FingerprintStore(path) as store:
-...     store.append("req-1", np.arange(3), np.full((3, 20), 0.05, np.float32))
-...     store.flush()
+...     store.append("req-1", np.arange(3), fingerprints(3))
+...     store.write("req-1", [2, 3], fingerprints(2))
 ...     store.count()
 3
-3
+Written(stored=1, duplicates=1, duplicate_rows=(('req-1', 2),))
+4
 
 Design and decisions: docs/store.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -28,9 +31,48 @@ from attnfast._arrays import float32_rows
 from attnfast._store_columns import OPTIONAL_COLUMNS, THINK_PHASES, ints, normalise_columns
 from attnfast._store_tables import as_arrow, as_numpy
 from attnfast._time import to_us
-from attnfast.exceptions import InvalidInputError, ShapeError, StoreError
+from attnfast.exceptions import InvalidInputError, MissingFileError, ShapeError, StoreError
 from attnfast.fingerprint import FINGERPRINT_DIM, ZONES
 from attnfast.layout import Layout
+
+
+@dataclass(frozen=True)
+class Written:
+    """What became of rows once committed: ``stored``, and ``duplicates``, refused because
+    their ``(request_id, step)`` was stored already (the stored rows are kept; the first
+    few refused are named in ``duplicate_rows``). Adding two gives their sum."""
+
+    stored: int = 0
+    duplicates: int = 0
+    duplicate_rows: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, outcome: tuple[int, int, list[tuple[str, int]]]) -> Written:
+        stored, duplicates, first = outcome
+        return cls(int(stored), int(duplicates), tuple((str(r), int(s)) for r, s in first))
+
+    @classmethod
+    def wait(cls, tickets: Iterable[Any]) -> Written:
+        """The sum of what a set of appends became (``_core.Ticket`` objects)."""
+        total = cls()
+        for ticket in tickets:
+            total = total + cls.of(ticket.wait())
+        return total
+
+    def __add__(self, other: Written) -> Written:
+        named = (self.duplicate_rows + other.duplicate_rows)[:5]
+        return Written(self.stored + other.stored, self.duplicates + other.duplicates, named)
+
+    def summary(self) -> str:
+        """``"12 stored, 3 refused as duplicates (first: ('r', 4))"``."""
+        text = f"{self.stored:,} stored"
+        if self.duplicates:
+            first = ", ".join(f"({r!r}, {s})" for r, s in self.duplicate_rows[:3])
+            text += (
+                f", {self.duplicates:,} refused as duplicates of stored (request_id, step)"
+                f" (first: {first})"
+            )
+        return text
 
 
 class FingerprintStore:
@@ -51,6 +93,8 @@ class FingerprintStore:
         on_duplicate: a row whose ``(request_id, step)`` is stored already is never written
             over. ``"skip"`` counts it in ``stats()``; ``"error"`` also makes the next
             ``flush`` raise :class:`DuplicateStepError` naming it.
+        init: add attnfast's tables to an SQLite database that holds other tables. Without
+            it such a database is refused with :class:`StoreError` and left as it is.
     """
 
     def __init__(
@@ -61,15 +105,33 @@ class FingerprintStore:
         busy_timeout: float = 60.0,
         max_queued_rows: int = 262_144,
         on_duplicate: Literal["skip", "error"] = "skip",
+        init: bool = False,
     ) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a folder; give the database file's path")
-        if not self.path.parent.exists():
-            raise StoreError(f"the folder of {self.path} does not exist")
+        if not self.path.parent.is_dir():
+            raise MissingFileError(f"the folder of {self.path} does not exist")
         self._store = _core.Store(
-            str(self.path), synchronous, float(busy_timeout), int(max_queued_rows), on_duplicate
+            str(self.path),
+            synchronous,
+            float(busy_timeout),
+            int(max_queued_rows),
+            on_duplicate,
+            bool(init),
         )
+
+    @property
+    def opened(self) -> dict[str, Any]:
+        """What opening did: ``migrated_rows`` (converted from a seed database),
+        ``quarantined_rows`` (unreadable rows an earlier attnfast let in, moved to
+        ``af_quarantine``), ``upgraded_from`` (the physical schema upgraded, or None)."""
+        migrated, quarantined, upgraded = self._store.opened()
+        return {
+            "migrated_rows": migrated,
+            "quarantined_rows": quarantined,
+            "upgraded_from": upgraded,
+        }
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -92,8 +154,52 @@ class FingerprintStore:
         ``manifold_confidence``, ``cluster_id``, ``cluster_probability``, ``router_entropy``,
         ``expert_load_balance``, ``sink_token_mass``, ``model_id``, and the lists
         ``top_k_positions``, ``top_k_scores``, ``capture_layer_ids``, ``top_expert_ids``
-        (a ``(T, k)`` array or a list of arrays).
+        (a ``(T, k)`` array or a list of arrays), and ``invalid``: rows you know break their
+        layout's rules, stored flagged with zone ``unknown`` instead of refused.
+
+        Every other vector must be one of its layout (docs/store.md); one that is not is
+        refused with :class:`InvalidInputError` naming the row, and nothing of the call is
+        stored.
         """
+        count: int = self._store.append(
+            *self._arguments(request_ids, steps, fingerprints, layout, columns)
+        )
+        return count
+
+    def write(
+        self,
+        request_ids: str | Sequence[str] | NDArray[Any],
+        steps: int | Sequence[int] | NDArray[Any],
+        fingerprints: Any,
+        *,
+        layout: Layout | str | int = "v1",
+        **columns: Any,
+    ) -> Written:
+        """As :meth:`append`, and returns once the rows are committed, with what became of
+        them: how many were stored and how many were refused as duplicates."""
+        return Written.of(
+            self._submit(request_ids, steps, fingerprints, layout=layout, **columns).wait()
+        )
+
+    def _submit(
+        self,
+        request_ids: str | Sequence[str] | NDArray[Any],
+        steps: int | Sequence[int] | NDArray[Any],
+        fingerprints: Any,
+        *,
+        layout: Layout | str | int = "v1",
+        **columns: Any,
+    ) -> Any:
+        """As :meth:`append`; returns a ``_core.Ticket`` whose ``wait()`` gives the outcome,
+        so that a caller can go on while the writer commits."""
+        return self._store.append_tracked(
+            *self._arguments(request_ids, steps, fingerprints, layout, columns)
+        )
+
+    @staticmethod
+    def _arguments(
+        request_ids: Any, steps: Any, fingerprints: Any, layout: Any, columns: dict[str, Any]
+    ) -> tuple[Any, ...]:
         fps = float32_rows(fingerprints, "fingerprints", FINGERPRINT_DIM)
         rows = fps.shape[0]
         step_array = ints(steps, rows, "steps")
@@ -104,11 +210,7 @@ class FingerprintStore:
             ids = request_ids.tolist() if isinstance(request_ids, np.ndarray) else list(request_ids)
             if len(ids) != rows:
                 raise ShapeError(f"request_ids has {len(ids)} rows but fingerprints has {rows}")
-        code = Layout.of(layout).code
-        count: int = self._store.append(
-            ids, step_array, fps, code, normalise_columns(rows, columns)
-        )
-        return count
+        return ids, step_array, fps, Layout.of(layout).code, normalise_columns(rows, columns)
 
     def flush(self) -> None:
         """Returns once every row appended before the call is committed. Raises the first
@@ -148,10 +250,40 @@ class FingerprintStore:
         _, rows = self._store.sql(query, list(params))
         return rows[0][0]
 
-    def count(self) -> int:
-        """Rows stored (committed), by every writer: a counter kept with the rows, so this
-        costs nothing at any size."""
-        return int(self._scalar("SELECT value FROM af_meta WHERE key = 'rows'"))
+    def count(
+        self,
+        *,
+        since: Any = None,
+        until: Any = None,
+        request_id: str | None = None,
+        zone: str | None = None,
+        cluster_id: int | None = None,
+        layout: Layout | str | int | None = None,
+    ) -> int:
+        """Rows stored (committed, by every writer) that match every filter given (the
+        filters of :meth:`read`). Without filters it reads a counter kept with the rows, so it
+        costs nothing at any size; with them it counts the rows that can match."""
+        filters = (since, until, request_id, zone, cluster_id, layout)
+        if all(f is None for f in filters):
+            return int(self._scalar("SELECT value FROM af_meta WHERE key = 'rows'"))
+        return int(
+            self._store.count(*self._filters(since, until, request_id, zone, cluster_id, layout))
+        )
+
+    @staticmethod
+    def _filters(
+        since: Any, until: Any, request_id: Any, zone: Any, cluster_id: Any, layout: Any
+    ) -> tuple[Any, ...]:
+        if zone is not None and zone not in ZONES:
+            raise InvalidInputError(f"zone must be one of {', '.join(ZONES)}; got {zone!r}")
+        return (
+            None if since is None else to_us(since, "since"),
+            None if until is None else to_us(until, "until"),
+            request_id,
+            None if zone is None else ZONES.index(zone),
+            cluster_id,
+            None if layout is None else Layout.of(layout).code,
+        )
 
     def read(
         self,
@@ -174,17 +306,18 @@ class FingerprintStore:
         (``format="arrow"``) or a dict of numpy arrays and lists (``format="numpy"``), with
         the seed's column names.
         """
-        if zone is not None and zone not in ZONES:
-            raise InvalidInputError(f"zone must be one of {', '.join(ZONES)}; got {zone!r}")
         if limit is not None and (isinstance(limit, bool) or int(limit) < 0):
             raise InvalidInputError(f"limit must be a non-negative integer, got {limit!r}")
+        since_us, until_us, request, zone_code, cluster, layout_code = self._filters(
+            since, until, request_id, zone, cluster_id, layout
+        )
         cols = self._store.read(
-            None if since is None else to_us(since, "since"),
-            None if until is None else to_us(until, "until"),
-            request_id,
-            None if zone is None else ZONES.index(zone),
-            cluster_id,
-            None if layout is None else Layout.of(layout).code,
+            since_us,
+            until_us,
+            request,
+            zone_code,
+            cluster,
+            layout_code,
             None if limit is None else int(limit),
             newest_first,
         )
@@ -198,8 +331,9 @@ class FingerprintStore:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Counts for dashboards: rows, requests, rows per zone, duplicates refused (by every
-        writer), the time span, file sizes, and this handle's writer counters."""
+        """Counts for dashboards: rows, requests, rows per layout and per zone, rows without a
+        zone, rows flagged invalid, duplicates refused (by every writer), rows quarantined,
+        the time span, file sizes, and this handle's writer counters."""
         # First and last times: within the first and last hours' id ranges, not a table scan.
         first, last = (
             self._scalar(
@@ -210,19 +344,26 @@ class FingerprintStore:
             for fn in ("min", "max")
         )
         rows = self.count()
-        requests = self._scalar("SELECT count(*) FROM af_requests")
+        requests = self._scalar("SELECT count(*) FROM af_request_stats")
         zones = dict.fromkeys(ZONES, 0)
         for row in self.sql("SELECT zone, sum(count) AS n FROM af_zone_hourly GROUP BY zone"):
             zones[ZONES[row["zone"]]] = int(row["n"])
         meta = {r["key"]: r["value"] for r in self.sql("SELECT key, value FROM af_meta")}
+        by_layout = {
+            layout.value: int(meta.get(f"rows_layout:{layout.code}", 0)) for layout in Layout
+        }
         written, duplicates, transactions, failed, queued = self._store.writer_stats()
         wal = self.path.with_name(self.path.name + "-wal")
         return {
             "path": str(self.path),
             "rows": int(rows),
             "requests": int(requests),
+            "rows_by_layout": by_layout,
             "zones": zones,
+            "unzoned_rows": int(rows) - sum(zones.values()),
+            "invalid_rows": int(meta.get("invalid_rows", 0)),
             "duplicates_rejected": int(meta.get("duplicates_rejected", 0)),
+            "quarantined_rows": int(self._scalar("SELECT count(*) FROM af_quarantine")),
             "first_created_us": first,
             "last_created_us": last,
             "db_bytes": self.path.stat().st_size,
@@ -262,4 +403,4 @@ class FingerprintStore:
         }
 
 
-__all__ = ["OPTIONAL_COLUMNS", "THINK_PHASES", "FingerprintStore"]
+__all__ = ["OPTIONAL_COLUMNS", "THINK_PHASES", "FingerprintStore", "Written"]

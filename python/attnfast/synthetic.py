@@ -82,4 +82,33 @@ def attention_pattern(
     return p.astype(dtype)
 
 
-__all__ = ["PATTERNS", "attention_pattern"]
+def fingerprints(n: int, *, seed: int = 0, layout: str = "v1") -> NDArray[np.float32]:
+    """``n`` random vectors that are fingerprints of ``layout`` (``"v1"`` or ``"sglang"``):
+    what the store accepts, for examples, tests and benchmarks. v1: masses (0..2) and the
+    histogram (4..11) each sum to 1, entropies in 0..4 nats; sglang: masses and the 16
+    histogram bins each sum to at most 1, entropy / ln 16 in 0..1. Sparse histograms, so
+    every zone turns up.
+
+    >>> fps = fingerprints(1000)
+    >>> import attnfast
+    >>> sorted(set(attnfast.zone_of(fps)[0]))
+    ['semantic_bridge', 'structure_ripple', 'syntax_floor']
+    """
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 20), dtype=np.float64)
+    out[:, 0:3] = rng.dirichlet([0.5] * 3, size=n)
+    if layout == "v1":
+        out[:, 3] = rng.uniform(0.0, 4.0, size=n)
+        out[:, 4:12] = rng.dirichlet([0.15] * 8, size=n)
+        out[:, 12:20] = rng.uniform(0.0, 4.0, size=(n, 8))
+    elif layout == "sglang":
+        top = rng.uniform(0.7, 1.0, size=(n, 1))  # top-k attention holds part of the row
+        out[:, 0:3] *= top
+        out[:, 3] = rng.uniform(0.0, 1.0, size=n)
+        out[:, 4:20] = rng.dirichlet([0.3] * 16, size=n) * top
+    else:
+        raise ShapeError(f"layout must be 'v1' or 'sglang', got {layout!r}")
+    return out.astype(np.float32)
+
+
+__all__ = ["PATTERNS", "attention_pattern", "fingerprints"]

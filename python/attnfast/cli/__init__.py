@@ -9,12 +9,6 @@ from attnfast.cli import (  # noqa: F401  (registers commands)
     fingerprint_cmds,
     store_cmds,
 )
-from attnfast.cli._app import app
-
-
-def main() -> None:
-    """Entry point of the ``attnfast`` script."""
-    app()
-
+from attnfast.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -20,15 +20,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from attnfast._files import PACKED_SUFFIXES, existing_file, load_npy, load_packed
 from attnfast._time import format_us
-from attnfast.cli._app import app, console, err_console, user_errors
-from attnfast.exceptions import InvalidInputError, ShapeError
-from attnfast.fingerprint import ZONES, unpack_fingerprints
+from attnfast.cli._app import app, console, err_console, removed_on_failure, user_errors, warn
+from attnfast.exceptions import DecodeError, InvalidInputError, MissingFileError, ShapeError
+from attnfast.fingerprint import FINGERPRINT_DIM, ZONES
+from attnfast.layout import Layout
 from attnfast.messages import MessageDecoder
-from attnfast.store import OPTIONAL_COLUMNS, FingerprintStore
+from attnfast.store import OPTIONAL_COLUMNS, FingerprintStore, Written
 
 Db = Annotated[Path, typer.Option("--db", help="The fingerprint database (SQLite).")]
 INGEST_BATCH = 50_000
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+INGESTED = (*JSONL_SUFFIXES, ".npy", *PACKED_SUFFIXES, ".parquet")
 
 
 def _progress(bytes_: bool = False) -> Progress:
@@ -43,27 +47,69 @@ def _progress(bytes_: bool = False) -> Progress:
     )
 
 
+def _existing_db(db: Path) -> Path:
+    """The database of a command that reads one: it must exist (nothing is created)."""
+    if not db.exists():
+        raise MissingFileError(f"{db}: no such database")
+    return db
+
+
+def _opened(store: FingerprintStore) -> None:
+    """Says what opening a database did to it, when it did something."""
+    o = store.opened
+    if o["migrated_rows"]:
+        warn(f"{store.path}: converted from the seed's schema ({o['migrated_rows']:,} rows)")
+    if o["upgraded_from"] is not None:
+        warn(f"{store.path}: upgraded from attnfast store schema {o['upgraded_from']}")
+    if o["quarantined_rows"]:
+        warn(
+            f"{store.path}: {o['quarantined_rows']:,} row(s) that no reader could read were "
+            "moved to the table af_quarantine, with the reason for each"
+        )
+
+
 @app.command()
 def init(db: Db) -> None:
-    """Create a fingerprint database (or check one; a seed database is converted)."""
-    with user_errors(), FingerprintStore(db) as store:
+    """Create a fingerprint database (or check one; a seed database is converted).
+
+    An SQLite database of another program gets attnfast's tables only through this command."""
+    with user_errors(), removed_on_failure(db), FingerprintStore(db, init=True) as store:
+        _opened(store)
         stats = store.stats()
-    note = (
-        f", converted {stats['migrated_seed_rows']} seed rows"
-        if stats["migrated_seed_rows"]
-        else ""
-    )
-    console.print(f"{db}: ready, {stats['rows']} rows{note}")
+    console.print(f"{db}: ready, {stats['rows']:,} rows")
 
 
-class Layout_(StrEnum):
+class LayoutName(StrEnum):
     v1 = "v1"
     sglang = "sglang"
 
 
-def _ingest_jsonl(store: FingerprintStore, path: Path, layout: str) -> tuple[int, int]:
+def _inputs(paths: list[Path]) -> list[Path]:
+    """The files to ingest: the paths given, and the files of a folder given (an export
+    folder: every file of a known kind under it, in name order)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in INGESTED and not p.name.startswith(".")
+            )
+            if not found:
+                raise MissingFileError(f"{path}: the folder holds no file to ingest")
+            files.extend(found)
+        else:
+            existing_file(path)
+            if path.suffix.lower() not in INGESTED:
+                raise DecodeError(f"{path}: unknown kind; use .jsonl, .npy, .parquet, .fp or .bin")
+            files.append(path)
+    return files
+
+
+def _ingest_jsonl(store: FingerprintStore, path: Path, layout: str) -> tuple[Written, int]:
     decoder = MessageDecoder(store, layout)
-    rows = bad = 0
+    tickets: list[Any] = []
+    bad = 0
     with _progress(bytes_=True) as progress, path.open("rb") as f:
         task = progress.add_task(f"ingest {path.name}", total=path.stat().st_size)
         first_line = 1
@@ -72,8 +118,8 @@ def _ingest_jsonl(store: FingerprintStore, path: Path, layout: str) -> tuple[int
             if not lines:
                 break
             numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
-            appended, errors = decoder.append([line for _, line in numbered])
-            rows += appended
+            submitted, errors = decoder.submit([line for _, line in numbered])
+            tickets.extend(submitted)
             for index, message in errors:
                 bad += 1
                 if bad <= 5:
@@ -81,112 +127,150 @@ def _ingest_jsonl(store: FingerprintStore, path: Path, layout: str) -> tuple[int
                     err_console.print(f"[yellow]skipped[/yellow] {where}", soft_wrap=True)
             first_line += len(lines)
             progress.advance(task, sum(len(line) for line in lines))
-    return rows, bad
+    if bad > 5:
+        err_console.print(f"[yellow]skipped[/yellow] {bad - 5} more bad line(s) of {path}")
+    return Written.wait(tickets), bad
 
 
 def _ingest_array(
-    store: FingerprintStore, fps: np.ndarray, request_id: str | None, start: int, layout: str
-) -> int:
-    if request_id is None:
-        raise InvalidInputError("--request-id is needed for .npy and packed files")
-    total = 0
+    store: FingerprintStore, fps: np.ndarray, request_id: str, start: int, layout: str
+) -> Written:
+    if fps.ndim != 2 or fps.shape[1] != FINGERPRINT_DIM:
+        raise ShapeError(f"fingerprints must be (T, {FINGERPRINT_DIM}), got shape {fps.shape}")
+    tickets = []
     with _progress() as progress:
         task = progress.add_task("ingest", total=len(fps))
         for i in range(0, len(fps), INGEST_BATCH):
             chunk = fps[i : i + INGEST_BATCH]
             steps = np.arange(start + i, start + i + len(chunk), dtype=np.int64)
-            total += store.append(request_id, steps, chunk, layout=layout)
+            tickets.append(store._submit(request_id, steps, chunk, layout=layout))
             progress.advance(task, len(chunk))
-    return total
+    return Written.wait(tickets)
 
 
-def _ingest_parquet(store: FingerprintStore, path: Path, layout: str) -> int:
-    """Parquet with the export's columns (request_id, step, fingerprint, optional ones)."""
+def _parquet_fingerprints(path: Path, column: Any) -> np.ndarray:
+    """The fingerprint column (a fixed or variable list of 20 floats per row) as (T, 20)."""
+    import pyarrow as pa
+
+    if column.null_count:
+        raise DecodeError(f"{path}: the fingerprint column has empty rows")
+    kind = column.type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)) or not (
+        pa.types.is_floating(kind.value_type)
+    ):
+        raise DecodeError(f"{path}: the fingerprint column must hold lists of floats, not {kind}")
+    flat = np.asarray(column.flatten(), dtype=np.float32)
+    if len(flat) != len(column) * FINGERPRINT_DIM:
+        raise DecodeError(f"{path}: the fingerprint column must hold 20 floats per row")
+    return flat.reshape(-1, FINGERPRINT_DIM)
+
+
+def _ingest_parquet(store: FingerprintStore, path: Path, layout: str | None) -> Written:
+    """Parquet with the export's columns (request_id, step, fingerprint, optional ones). Each
+    row's layout is its ``schema_version``; rows of different layouts are stored apart."""
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(path)
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several kinds for a file that is not Parquet
+        raise DecodeError(f"{path} is not a readable Parquet file ({e})") from None
     names = set(file.schema_arrow.names)
     missing = {"request_id", "step", "fingerprint"} - names
     if missing:
-        raise ShapeError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        raise DecodeError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     optional = [c for c in OPTIONAL_COLUMNS if c in names]
-    total = 0
+    tickets = []
     with _progress() as progress:
         task = progress.add_task(f"ingest {path.name}", total=file.metadata.num_rows)
         for batch in file.iter_batches(batch_size=INGEST_BATCH):
-            fps = np.asarray(batch.column("fingerprint").to_pylist(), dtype=np.float32)
+            fps = _parquet_fingerprints(path, batch.column("fingerprint"))
             columns: dict[str, Any] = {}
             for name in optional:
                 col = batch.column(name)
                 if name == "created_at":
                     columns[name] = col.to_numpy(zero_copy_only=False).astype("datetime64[us]")
+                elif name == "invalid":
+                    columns[name] = col.to_numpy(zero_copy_only=False).astype(np.bool_)
                 else:
                     columns[name] = col.to_pylist()
-            row_layout = layout
-            if "schema_version" in names:
-                versions = set(batch.column("schema_version").to_pylist())
-                if len(versions) > 1:
-                    raise InvalidInputError(f"{path}: one layout per file, found {versions}")
-                row_layout = str(versions.pop())
-                row_layout = {"1": "v1", "1001": "sglang"}.get(row_layout, row_layout)
-            total += store.append(
-                batch.column("request_id").to_pylist(),
-                batch.column("step").to_numpy(),
-                fps,
-                layout=row_layout,
-                **columns,
-            )
+            ids = batch.column("request_id").to_pylist()
+            steps = batch.column("step").to_numpy()
+            if layout is not None or "schema_version" not in names:
+                codes = np.full(len(ids), Layout.of(layout or "v1").code)
+            else:
+                codes = batch.column("schema_version").to_numpy()
+            for code in np.unique(codes):
+                rows = np.flatnonzero(codes == code)
+                part = {k: _take(v, rows) for k, v in columns.items()}
+                tickets.append(
+                    store._submit(
+                        [ids[i] for i in rows], steps[rows], fps[rows], layout=int(code), **part
+                    )
+                )
             progress.advance(task, batch.num_rows)
-    return total
+    return Written.wait(tickets)
+
+
+def _take(values: Any, rows: np.ndarray) -> Any:
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[i] for i in rows]
 
 
 @app.command()
 def ingest(
     db: Db,
-    inputs: Annotated[list[Path], typer.Argument(help=".jsonl, .npy, .parquet, .fp/.bin")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help=".jsonl, .npy, .parquet, .fp/.bin files, or folders.")
+    ],
     layout: Annotated[
-        Layout_ | None,
+        LayoutName | None,
         typer.Option(help="Layout of untagged vectors [default: sglang for JSONL, else v1]."),
     ] = None,
     request_id: Annotated[str | None, typer.Option(help="Request id for .npy/packed.")] = None,
-    start_step: Annotated[int, typer.Option(help="First step for .npy/packed rows.")] = 1,
+    start_step: Annotated[int, typer.Option(help="First step for .npy/packed rows.", min=0)] = 1,
 ) -> None:
-    """Load fingerprints into a database: JSONL of the SGLang explorer's ZMQ messages, (T, 20)
-    .npy arrays, Parquet (as written by export), or packed 80-byte rows."""
-    with user_errors(), FingerprintStore(db) as store:
-        for path in inputs:
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such file")
-            suffix = path.suffix.lower()
-            bad = 0
-            if suffix in (".jsonl", ".json", ".ndjson"):
-                rows, bad = _ingest_jsonl(store, path, layout.value if layout else "sglang")
-            elif suffix == ".npy":
-                fps = np.load(path, allow_pickle=False)
-                rows = _ingest_array(store, fps, request_id, start_step, (layout or "v1"))
-            elif suffix in (".fp", ".bin"):
-                fps = unpack_fingerprints(path.read_bytes())
-                rows = _ingest_array(store, fps, request_id, start_step, (layout or "v1"))
-            elif suffix == ".parquet":
-                rows = _ingest_parquet(store, path, (layout or "v1"))
-            else:
-                raise InvalidInputError(
-                    f"{path}: unknown kind; use .jsonl, .npy, .parquet, .fp or .bin"
-                )
-            store.flush()
-            skipped = f", {bad} bad line(s) skipped" if bad else ""
-            console.print(f"{path}: {rows} rows appended{skipped}")
-        stats = store.stats()
-    console.print(
-        f"{db}: {stats['rows']} rows, {stats['requests']} requests, "
-        f"{stats['duplicates_rejected']} duplicate (request_id, step) refused"
-    )
+    """Load fingerprints into a database: JSONL, .npy, Parquet (an export folder), packed rows.
+
+    JSONL holds the SGLang explorer's ZMQ messages; .npy a (T, 20) array; Parquet the columns
+    export writes (give the export folder to read all of it back); .fp/.bin packed 80-byte
+    rows. Reports rows stored, rows refused as duplicates and lines refused as invalid, apart.
+    """
+    with user_errors():
+        files = _inputs(inputs)
+        arrays = [p for p in files if p.suffix.lower() in (".npy", *PACKED_SUFFIXES)]
+        if arrays and request_id is None:
+            raise InvalidInputError(f"--request-id is needed for {arrays[0]} (.npy and packed)")
+        with removed_on_failure(db), FingerprintStore(db) as store:
+            _opened(store)
+            total, bad_total = Written(), 0
+            for path in files:
+                suffix, bad = path.suffix.lower(), 0
+                if suffix in JSONL_SUFFIXES:
+                    written, bad = _ingest_jsonl(store, path, layout or "sglang")
+                elif suffix == ".parquet":
+                    written = _ingest_parquet(store, path, layout)
+                else:
+                    assert request_id is not None
+                    fps = load_npy(path) if suffix == ".npy" else load_packed(path)
+                    written = _ingest_array(store, fps, request_id, start_step, layout or "v1")
+                total, bad_total = total + written, bad_total + bad
+                refused = f", {bad:,} line(s) refused as invalid" if bad else ""
+                console.print(f"{path}: {written.summary()}{refused}", soft_wrap=True)
+            stats = store.stats()
+    if len(files) > 1:
+        refused = f", {bad_total:,} line(s) refused as invalid" if bad_total else ""
+        console.print(f"{len(files)} files: {total.summary()}{refused}", soft_wrap=True)
+    console.print(f"{db}: {stats['rows']:,} rows, {stats['requests']:,} requests")
 
 
 class QueryFormat(StrEnum):
     table = "table"
     json = "json"
     parquet = "parquet"
+
+
+TABLE_ROWS = 20
 
 
 @app.command()
@@ -197,46 +281,82 @@ def query(
     zone: Annotated[str | None, typer.Option(help=", ".join(ZONES))] = None,
     request: Annotated[str | None, typer.Option("--request", help="One request id.")] = None,
     cluster: Annotated[int | None, typer.Option(help="Cluster id.")] = None,
-    layout: Annotated[Layout_ | None, typer.Option(help="Only this layout.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows at most (newest requests first).")] = 20,
+    layout: Annotated[LayoutName | None, typer.Option(help="Only this layout.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Rows at most, newest requests first; 0 for all [default: {TABLE_ROWS} for "
+            "the table, all for json and parquet].",
+            min=0,
+        ),
+    ] = None,
     format: Annotated[QueryFormat, typer.Option(help="Output format.")] = QueryFormat.table,
-    out: Annotated[Path | None, typer.Option(help="File for --format parquet.")] = None,
+    out: Annotated[Path | None, typer.Option(help="File for json or parquet output.")] = None,
 ) -> None:
-    """Rows of a database, filtered. Rows of one --request come in step order."""
+    """Rows of a database, filtered; rows of one --request come in step order.
+
+    json and parquet give every matching row unless --limit says otherwise; the table says how
+    many it left out. Parquet output has the export's schema: the files concatenate."""
     with user_errors():
-        if not db.exists():
-            raise FileNotFoundError(f"{db}: no such database")
+        _existing_db(db)
         if format is QueryFormat.parquet and out is None:
             raise InvalidInputError("--format parquet needs --out FILE")
+        if format is QueryFormat.table and out is not None:
+            raise InvalidInputError("--out is for --format json or parquet")
+        if limit is None:
+            limit = TABLE_ROWS if format is QueryFormat.table else 0
+        filters: dict[str, Any] = dict(
+            since=since,
+            until=until,
+            request_id=request,
+            zone=zone,
+            cluster_id=cluster,
+            layout=None if layout is None else layout.value,
+        )
         with FingerprintStore(db) as store:
-            table = store.read(
-                since=since,
-                until=until,
-                request_id=request,
-                zone=zone,
-                cluster_id=cluster,
-                layout=None if layout is None else layout.value,
-                limit=limit,
-                newest_first=request is None,
-            )
-        if format is QueryFormat.parquet:
-            import pyarrow.parquet as pq
-
-            assert out is not None
-            pq.write_table(table, out)
-            console.print(f"{out}: {table.num_rows} rows")
-            return
-        rows = table.to_pylist()
-        if format is QueryFormat.json:
-            for row in rows:
-                row["created_at"] = row["created_at"].isoformat()
-            console.out(json.dumps(rows), highlight=False)
-            return
-        _query_table(rows)
+            table = store.read(**filters, limit=limit or None, newest_first=request is None)
+            matching = store.count(**filters) if limit else table.num_rows
+        if out is not None:
+            with removed_on_failure(out):
+                _write_rows(table, out, format)
+            console.print(f"{out}: {table.num_rows:,} rows" + _left_out(table.num_rows, matching))
+        elif format is QueryFormat.json:
+            console.out(json.dumps(_json_rows(table)), highlight=False)
+            if matching > table.num_rows:
+                warn(
+                    f"{matching - table.num_rows:,} more matching rows left out (--limit 0 for all)"
+                )
+        else:
+            _query_table(table.to_pylist(), matching)
 
 
-def _query_table(rows: list[dict[str, Any]]) -> None:
-    t = Table(title=f"{len(rows)} rows")
+def _left_out(shown: int, matching: int) -> str:
+    return (
+        f" ({matching - shown:,} more matching rows left out by --limit)"
+        if matching > shown
+        else ""
+    )
+
+
+def _json_rows(table: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = table.to_pylist()
+    for row in rows:
+        row["created_at"] = row["created_at"].isoformat()
+    return rows
+
+
+def _write_rows(table: Any, out: Path, format: QueryFormat) -> None:
+    if format is QueryFormat.parquet:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+    else:
+        out.write_text(json.dumps(_json_rows(table)))
+
+
+def _query_table(rows: list[dict[str, Any]], matching: int) -> None:
+    shown = f"{len(rows)} rows" if matching <= len(rows) else f"{len(rows)} of {matching:,} rows"
+    t = Table(title=shown, caption="--limit 0 shows them all" if matching > len(rows) else None)
     for col in (
         "request_id",
         "step",
@@ -253,7 +373,7 @@ def _query_table(rows: list[dict[str, Any]]) -> None:
             row["request_id"],
             str(row["step"]),
             repr(row["token_text"]) if row["token_text"] is not None else "",
-            row["manifold_zone"] or "",
+            (row["manifold_zone"] or "") + (" (invalid)" if row["invalid"] else ""),
             "" if conf is None else f"{conf:.3f}",
             str(row["cluster_id"]),
             row["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
@@ -266,21 +386,31 @@ def stats(
     db: Db,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts of a database: rows, requests, zones, duplicates refused, time span, size."""
+    """Counts of a database: rows, requests, layouts, zones, invalid and duplicate rows, size."""
     with user_errors():
-        if not db.exists():
-            raise FileNotFoundError(f"{db}: no such database")
+        _existing_db(db)
         with FingerprintStore(db) as store:
+            _opened(store)
             s = store.stats()
     s.pop("writer")
     if as_json:
         console.out(json.dumps(s), highlight=False)
         return
     t = Table(title=str(db), show_header=False)
-    for key in ("rows", "requests", "duplicates_rejected", "migrated_seed_rows"):
-        t.add_row(key, f"{s[key]:,}")
+    t.add_row("rows", f"{s['rows']:,}")
+    for layout, n in s["rows_by_layout"].items():
+        t.add_row(f"  layout {layout}", f"{n:,}")
+    t.add_row("requests", f"{s['requests']:,}")
     for zone, n in s["zones"].items():
         t.add_row(f"zone {zone}", f"{n:,}")
+    for key in (
+        "unzoned_rows",
+        "invalid_rows",
+        "duplicates_rejected",
+        "quarantined_rows",
+        "migrated_seed_rows",
+    ):
+        t.add_row(key, f"{s[key]:,}")
     for key in ("first_created_us", "last_created_us"):
         t.add_row(key.replace("_us", ""), "" if s[key] is None else format_us(s[key]))
     t.add_row("size", f"{(s['db_bytes'] + s['wal_bytes']) / 1e6:.1f} MB")
@@ -295,11 +425,16 @@ def export(
     until: Annotated[str | None, typer.Option(help="Like --since; exclusive.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
 ) -> None:
-    """Write rows as Parquet (arrow-rs), partitioned by day; pyarrow, polars and duckdb read it."""
+    """Write rows as Parquet (arrow-rs), partitioned by day.
+
+    pyarrow, polars and duckdb read it, and `attnfast ingest` reads it back."""
     with user_errors():
-        if not db.exists():
-            raise FileNotFoundError(f"{db}: no such database")
-        with FingerprintStore(db) as store, _progress() as progress:
+        _existing_db(db)
+        with (
+            removed_on_failure(out),
+            FingerprintStore(db) as store,
+            _progress() as progress,
+        ):
             task = progress.add_task("export", total=store.count())
             report = store.export_parquet(
                 out,
@@ -313,6 +448,11 @@ def export(
     console.print(f"exported {report['rows']:,} rows to {out}")
 
 
+class Synchronous(StrEnum):
+    normal = "normal"
+    full = "full"
+
+
 @app.command()
 def sidecar(
     db: Db,
@@ -322,28 +462,34 @@ def sidecar(
     http: Annotated[str, typer.Option(help="HOST:PORT of the HTTP API.")] = "127.0.0.1:9000",
     discovery: Annotated[Path | None, typer.Option(help="Discovery artifacts folder.")] = None,
     zmq_layout: Annotated[
-        Layout_, typer.Option(help="Layout of ZMQ vectors without a tag.")
-    ] = Layout_.sglang,
-    synchronous: Annotated[str, typer.Option(help="normal or full.")] = "normal",
-    max_body_mb: Annotated[float, typer.Option(help="Largest HTTP body accepted.")] = 64,
+        LayoutName, typer.Option(help="Layout of ZMQ vectors without a tag.")
+    ] = LayoutName.sglang,
+    synchronous: Annotated[
+        Synchronous, typer.Option(help="full also survives power loss.")
+    ] = Synchronous.normal,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest HTTP body accepted, in MiB.", min=0.001)
+    ] = 64,
 ) -> None:
-    """Stream fingerprints from an inference server into a database (ZMQ and HTTP)."""
-    from attnfast.sidecar import serve
+    """Stream fingerprints from an inference server into a database (ZMQ and HTTP).
+
+    Prints where it listens; SIGTERM or Ctrl-C flushes and says what was stored."""
+    from attnfast.servers.sidecar import serve
 
     with user_errors():
         host, _, port = http.rpartition(":")
-        if not host or not port.isdigit():
-            raise InvalidInputError(f"--http must be HOST:PORT, got {http!r}")
-        err_console.print(
-            f"attnfast sidecar: db {db}, http://{host}:{port}" + (f", zmq {zmq}" if zmq else "")
-        )
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise InvalidInputError(
+                f"--http must be HOST:PORT with a port up to 65535, got {http!r}"
+            )
         serve(
             db,
             zmq_endpoint=zmq,
-            host=host,
+            host=host.strip("[]"),
             port=int(port),
             discovery_dir=discovery,
             zmq_layout=zmq_layout.value,
-            synchronous=synchronous,
+            synchronous=synchronous.value,
             max_body_bytes=int(max_body_mb * (1 << 20)),
+            say=lambda line: err_console.print(escape(line), soft_wrap=True),
         )

@@ -37,6 +37,9 @@ class Generation:
     step: int = 0
     # Whether the Rust kernel can read this generation's queries and keys (float32, CPU)
     kernel_ok: bool | None = None
+    # False for an encoder (bidirectional attention): its rows are labelled with their own
+    # tokens, and it has no decode steps.
+    causal: bool = True
     pad_list: list[int] = field(init=False)
     # The step at which each sequence chose its end-of-sequence token, once it has.
     eos_step: list[int | None] = field(init=False)
@@ -122,30 +125,55 @@ def prompt_records(
     *,
     layer_ids: tuple[int, ...],
     text: Callable[[int], str],
+    first: int = 0,
+    attention: np.ndarray | None = None,
 ) -> list[StepRecord]:
-    """Records of the prompt rows (``prefill=True``), fingerprints ``(B, Q, 20)``: ``step`` is
-    None, and row ``q`` chose the token at ``q + 1`` (a prompt token, or the first generated
-    one). Padding rows are skipped; the last row is step 0, recorded with the steps."""
+    """Records of the prompt rows ``first ..`` (``prefill=True``); ``fingerprints`` is
+    ``(B, Q, 20)`` and ``attention``, in mode "full", ``(B, L, H, Q, n)``.
+
+    - A causal model's row ``q`` chose the token at ``q + 1`` (a prompt token, or for the last
+      row the first generated one): ``step`` is None and ``position`` is ``q + 1``; the last
+      row is step 0, recorded with the steps.
+    - An encoder's row ``q`` is its own token's: ``step`` and ``position`` are ``q``, and
+      ``token_id`` the token at ``q``; every real row is one, the last too.
+
+    Positions count real tokens only; padding rows are skipped, and a row's attention keeps
+    only its real keys."""
     now = time.time()
     records = []
+    ids_list = None if ids is None else ids.tolist()
     for b in range(fingerprints.shape[0]):
         pad = gen.pad_list[b]
-        for q in range(pad, fingerprints.shape[1] - 1):
-            if not gen.is_real(b, q):
+        for i in range(fingerprints.shape[1]):
+            q = first + i
+            if q < pad or not gen.is_real(b, q):
                 continue
-            token = int(ids[b, q + 1]) if ids is not None and q + 1 < ids.shape[1] else None
-            records.append(
-                StepRecord(
-                    request_id=gen.request_ids[b],
-                    sequence=gen.sequences[b],
-                    step=None,
-                    position=q + 1 - pad,
-                    fingerprint=fingerprints[b, q],
-                    sink_mass=float("nan"),
-                    layer_ids=layer_ids,
-                    timestamp=now,
-                    token_id=token,
-                    token_text=None if token is None else text(token),
-                )
+            if gen.causal:
+                if q + 1 >= gen.prompt_len:
+                    continue  # the last row is step 0
+                at, step, position = q + 1, None, q + 1 - pad
+            else:
+                at, step, position = q, q - pad, q - pad
+            row = ids_list[b] if ids_list is not None else None
+            token = int(row[at]) if row is not None and at < len(row) else None
+            r = StepRecord(
+                request_id=gen.request_ids[b],
+                sequence=gen.sequences[b],
+                step=step,
+                position=position,
+                fingerprint=fingerprints[b, i],
+                sink_mass=float("nan"),
+                layer_ids=layer_ids,
+                timestamp=now,
+                token_id=token,
+                token_text=None if token is None else text(token),
             )
+            if attention is not None:
+                keys = attention[b, :, :, i]
+                if gen.causal:
+                    keys = keys[:, :, pad : q + 1]
+                elif gen.real is not None:
+                    keys = keys[:, :, gen.real[b, : keys.shape[-1]].numpy()]
+                r.attention = np.ascontiguousarray(keys)
+            records.append(r)
     return records

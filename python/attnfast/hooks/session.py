@@ -44,8 +44,14 @@ from attnfast.hooks.targets import (
     set_observer,
     shadow,
 )
+from attnfast.store import Written
 
 MODES = ("fingerprint", "topk", "full")
+# Attention modules under an active capture, by id: a second capture on the same layers would
+# take their observers from the first, so it is refused.
+_ACTIVE: dict[int, str] = {}
+# Memory for the prompt rows of one chunk in mode "full" with prefill (all layers at once).
+FULL_PREFILL_BYTES = 64 << 20
 # Prefill rows are recomputed this many queries at a time, bounding the extra memory to
 # chunk x heads x context per layer.
 PREFILL_CHUNK = 64
@@ -64,6 +70,8 @@ class _Forward:
         "keys",
         "lean",
         "prefill",
+        "prefill_rows",
+        "q_len",
         "queries",
         "rows",
         "scales",
@@ -83,11 +91,16 @@ class _Forward:
         self.scales: list[Any] = []
         self.rows: dict[int, torch.Tensor] = {}  # layer -> (B, H, n)
         self.prefill: dict[int, list[torch.Tensor]] = {}  # layer -> [(B, Qc, 12)]
+        # Mode "full" with prefill: layer -> rows(start, count), computed when the forward
+        # ends, a chunk of prompt queries across all layers at a time.
+        self.prefill_rows: dict[int, Callable[[int, int], torch.Tensor]] = {}
+        self.q_len = 0
 
 
 class Capture:
     """An active capture; use :func:`capture`. ``records`` holds the steps when no sink was
-    given; ``steps_captured`` counts them either way."""
+    given; ``steps_captured`` and ``prompt_rows_captured`` count them either way, and with a
+    store as the sink ``written`` says what it stored once the capture closed."""
 
     def __init__(
         self,
@@ -147,20 +160,31 @@ class Capture:
         self.sink: Sink = make_sink(sink, mode=mode, model_id=self.model_id, meta=meta)
         self.records: list[StepRecord] = getattr(self.sink, "records", [])
         self.steps_captured = 0
+        self.prompt_rows_captured = 0
         self._gen: Generation | None = None
         self._generations = 0
         self._sequences = 0
         self._fw: _Forward | None = None
         self._pending: list[PendingStep] = []
-        self._undo: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], object]] = []
         # The torch path runs on GPUs; tests set this to run it on the CPU too.
         self.torch_math = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def __enter__(self) -> Capture:
+        taken = [t for t in self.targets if id(t.module) in _ACTIVE]
+        if taken or id(self.model) in _ACTIVE:
+            raise CaptureError(
+                f"a capture is already active on {type(self.model).__name__} (its layer "
+                f"{taken[0].layer if taken else 0}): close it before starting another; "
+                "nested captures on one model would take each other's steps"
+            )
         try:
             self._attach()
+            for module in (self.model, *(t.module for t in self.targets)):
+                _ACTIVE[id(module)] = self._base
+                self._undo.append(functools.partial(_ACTIVE.pop, id(module), None))
         except BaseException:
             self._detach()
             raise
@@ -172,6 +196,12 @@ class Capture:
             self._emit_pending()
         finally:
             self.sink.close()
+
+    @property
+    def written(self) -> Written | None:
+        """With a store as the sink, once the capture closed: rows stored, and rows refused
+        because their ``(request_id, step)`` was stored already (None for other sinks)."""
+        return getattr(self.sink, "written", None)
 
     def _attach(self) -> None:
         impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
@@ -220,6 +250,7 @@ class Capture:
     def _wrap_generate(self, generate: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(generate)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
+            self._check_generation(kwargs)
             out = generate(*args, **kwargs)
             sequences = out if isinstance(out, torch.Tensor) else getattr(out, "sequences", None)
             if isinstance(sequences, torch.Tensor):
@@ -227,6 +258,31 @@ class Capture:
             return out
 
         return wrapped
+
+    def _check_generation(self, kwargs: dict[str, Any]) -> None:
+        """Refuses, before anything runs, generation that reorders the KV cache between steps
+        or feeds several tokens per step: the steps captured would not be the tokens
+        ``generate`` returns."""
+        config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+
+        def option(name: str) -> Any:
+            return kwargs[name] if name in kwargs else getattr(config, name, None)
+
+        reasons = []
+        if (option("num_beams") or 1) > 1:
+            reasons.append(f"beam search (num_beams={option('num_beams')})")
+        if (option("num_beam_groups") or 1) > 1:
+            reasons.append("group beam search")
+        if option("assistant_model") is not None or option("prompt_lookup_num_tokens"):
+            reasons.append("assisted (speculative) decoding")
+        if option("penalty_alpha") and (option("top_k") or 0) > 1:
+            reasons.append("contrastive search")
+        if reasons:
+            raise CaptureError(
+                f"capture cannot follow {reasons[0]}: it reorders the KV cache or feeds several "
+                "tokens per step, so the steps captured would not be the tokens generate() "
+                "returns. Capture greedy or sampled generation (num_beams=1)."
+            )
 
     # --- per forward ----------------------------------------------------------------------
 
@@ -249,7 +305,9 @@ class Capture:
             pending[-1].tokens = ids  # the tokens the last step chose
         self._fw = _Forward(ids, kwargs.get("attention_mask"))
 
-    def _start(self, fw: _Forward, batch: int, q_len: int, n: int, heads: int) -> bool:
+    def _start(
+        self, fw: _Forward, batch: int, q_len: int, n: int, heads: int, causal: bool
+    ) -> bool:
         """First attention call of a forward: decides whether it starts a generation and
         whether its step is captured."""
         if self.heads is not None and self.heads[-1] >= heads:
@@ -258,9 +316,18 @@ class Capture:
             )
         fw.started = True
         fw.fresh = n == q_len
+        fw.q_len = q_len
+        if not fw.fresh and q_len > 1:
+            raise CaptureError(
+                f"a forward call fed {q_len} tokens on top of a KV cache of {n - q_len} "
+                "(speculative or assisted decoding, or a prompt fed in pieces): capture "
+                "records one new token per step. Feed the prompt in one call."
+            )
         if fw.fresh or self._gen is None or len(self._gen.pad_list) != batch:
             self._emit_pending()
             self._new_generation(fw, batch, n)
+            assert self._gen is not None
+            self._gen.causal = causal
         gen = self._gen
         assert gen is not None
         fw.captured = gen.step % self.every_n == 0
@@ -336,7 +403,7 @@ class Capture:
             fw = self._fw
             if fw is None:
                 return  # called outside the model's forward (a layer used on its own)
-            if not fw.started and not self._start_observed(fw, query, key):
+            if not fw.started and not self._start_observed(fw, query, key, is_causal):
                 return
             if fw.lean:
                 # The Rust kernel recomputes every layer's last row in one call when the
@@ -366,12 +433,14 @@ class Capture:
 
         return observe
 
-    def _start_observed(self, fw: _Forward, query: torch.Tensor, key: torch.Tensor) -> bool:
+    def _start_observed(
+        self, fw: _Forward, query: torch.Tensor, key: torch.Tensor, causal: bool
+    ) -> bool:
         """:meth:`_start` from the first layer's queries and keys, and the choice of path:
         the Rust kernel (``fw.lean``) for float32 CPU tensors outside autograd, unless the
         prompt's rows are wanted; torch otherwise."""
         batch, heads, q_len, _ = query.shape
-        if not self._start(fw, batch, q_len, key.shape[2], heads):
+        if not self._start(fw, batch, q_len, key.shape[2], heads, causal):
             return False
         gen = self._gen
         assert gen is not None
@@ -402,7 +471,10 @@ class Capture:
                 )
             return
         q_len, n = weights.shape[-2], weights.shape[-1]
-        if not fw.started and not self._start(fw, weights.shape[0], q_len, n, weights.shape[1]):
+        causal = bool(getattr(module, "is_causal", True))
+        if not fw.started and not self._start(
+            fw, weights.shape[0], q_len, n, weights.shape[1], causal
+        ):
             return
         if fw.captured:
             with torch.no_grad():
@@ -414,6 +486,12 @@ class Capture:
         self, fw: _Forward, slot: int, q_len: int, rows: Callable[[int, int], torch.Tensor]
     ) -> None:
         if not (fw.fresh and self.prefill and q_len > 1):
+            fw.rows[slot] = self._heads(rows(q_len - 1, 1)[:, :, 0].float())
+            return
+        if self._want_rows:
+            # Full rows need every layer of a query at once: kept as a function of the
+            # layer's queries and keys, evaluated when the forward ends.
+            fw.prefill_rows[slot] = rows
             fw.rows[slot] = self._heads(rows(q_len - 1, 1)[:, :, 0].float())
             return
         chunks = []
@@ -456,16 +534,18 @@ class Capture:
         elif fw.captured and fw.rows:
             self._check_layers_ran(list(fw.rows))
             layer_rows = [fw.rows[i] for i in range(len(self.targets))]
+            prefilled = bool(fw.prefill or fw.prefill_rows)
             with torch.no_grad():
-                if layer_rows[0].device.type == "cpu" and not self.torch_math:
-                    host, full, n = self._step_from_rows(layer_rows, gen)
-                else:
-                    host, full, n = dfp.step_summary(
-                        layer_rows, gen.pads, self._topk_columns, self._want_rows
-                    )
-                if fw.prefill:
+                if prefilled:
                     self._emit_prefill(fw, gen)
-            self._add_step(gen, n, host, full)
+                if not (prefilled and not gen.causal):  # an encoder's rows are all prompt rows
+                    if layer_rows[0].device.type == "cpu" and not self.torch_math:
+                        host, full, n = self._step_from_rows(layer_rows, gen)
+                    else:
+                        host, full, n = dfp.step_summary(
+                            layer_rows, gen.pads, self._topk_columns, self._want_rows
+                        )
+                    self._add_step(gen, n, host, full)
         gen.step += 1
 
     def _check_layers_ran(self, ran: list[int]) -> None:
@@ -501,11 +581,38 @@ class Capture:
         return host, rows if self.mode == "full" else None, rows.shape[-1]
 
     def _emit_prefill(self, fw: _Forward, gen: Generation) -> None:
-        stats = torch.stack([torch.cat(fw.prefill[i], dim=1) for i in range(len(self.targets))])
-        fps = dfp.assemble(stats).cpu().numpy()  # (B, Q, 20)
-        self.sink.write(
-            prompt_records(fps, fw.input_ids, gen, layer_ids=self.layer_ids, text=self._text)
-        )
+        """Records of the prompt rows: fingerprints, and in mode "full" the rows themselves,
+        computed a chunk of queries at a time across layers (memory: one chunk)."""
+        layers = range(len(self.targets))
+        if not fw.prefill_rows:
+            stats = torch.stack([torch.cat(fw.prefill[i], dim=1) for i in layers])
+            fps = dfp.assemble(stats).cpu().numpy()  # (B, Q, 20)
+            self._write_prompt(
+                prompt_records(fps, fw.input_ids, gen, layer_ids=self.layer_ids, text=self._text)
+            )
+            return
+        q_len = fw.q_len
+        sample = self._heads(fw.prefill_rows[0](0, 1))  # (B, H, 1, n)
+        per_query = 4 * sample.numel() * len(self.targets)
+        chunk = max(1, FULL_PREFILL_BYTES // per_query)
+        for start in range(0, q_len, chunk):
+            count = min(chunk, q_len - start)
+            rows = [self._heads(fw.prefill_rows[i](start, count).float()) for i in layers]
+            q0 = rows[0].shape[-1] - q_len + start
+            stats = torch.stack([dfp.layer_stats(r, q0) for r in rows])
+            fps = dfp.assemble(stats).cpu().numpy()  # (B, count, 20)
+            full = torch.stack(rows, dim=1).cpu().numpy()  # (B, L, H, count, n)
+            self._write_prompt(
+                prompt_records(
+                    fps,
+                    fw.input_ids,
+                    gen,
+                    layer_ids=self.layer_ids,
+                    text=self._text,
+                    first=start,
+                    attention=full,
+                )
+            )
 
     # --- tokens ---------------------------------------------------------------------------
 
@@ -556,6 +663,10 @@ class Capture:
 
     def _write(self, records: list[StepRecord]) -> None:
         self.steps_captured += len(records)
+        self.sink.write(records)
+
+    def _write_prompt(self, records: list[StepRecord]) -> None:
+        self.prompt_rows_captured += len(records)
         self.sink.write(records)
 
     def _text(self, token_id: int) -> str:

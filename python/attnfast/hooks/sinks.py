@@ -11,7 +11,7 @@ import numpy as np
 from attnfast.capture_file import CaptureWriter
 from attnfast.exceptions import CaptureError
 from attnfast.hooks.records import StepRecord
-from attnfast.store import FingerprintStore
+from attnfast.store import FingerprintStore, Written
 
 
 class Sink(Protocol):
@@ -54,8 +54,10 @@ class CallbackSink:
 
 class StoreSink:
     """Appends fingerprints (with tokens, top-k, sink mass and layer ids) to a store, in
-    batches; closing flushes the store, so a finished capture is acknowledged. Prompt rows
-    (``prefill=True``) go under ``<request_id>/prompt`` with their position as the step."""
+    batches; closing waits for every batch's commit, so a finished capture is acknowledged,
+    and ``written`` then says how many rows were stored and how many were refused as
+    duplicates (a request id reused). Prompt rows of a causal model (``prefill=True``) go
+    under ``<request_id>/prompt`` with their query's position as the step."""
 
     BATCH = 512
 
@@ -63,6 +65,8 @@ class StoreSink:
         self.store = store
         self.model_id = model_id
         self.pending: list[StepRecord] = []
+        self.tickets: list[Any] = []
+        self.written: Written | None = None
 
     def write(self, records: Sequence[StepRecord]) -> None:
         self.pending.extend(records)
@@ -88,16 +92,19 @@ class StoreSink:
         if rows[0].topk_positions is not None:
             columns["top_k_positions"] = [r.topk_positions for r in rows]
             columns["top_k_scores"] = [r.topk_scores for r in rows]
-        self.store.append(
-            [r.request_id if r.step is not None else f"{r.request_id}/prompt" for r in rows],
-            [r.step if r.step is not None else r.position - 1 for r in rows],
-            np.stack([r.fingerprint for r in rows]),
-            **columns,
+        self.tickets.append(
+            self.store._submit(
+                [r.request_id if r.step is not None else f"{r.request_id}/prompt" for r in rows],
+                [r.step if r.step is not None else r.position - 1 for r in rows],
+                np.stack([r.fingerprint for r in rows]),
+                **columns,
+            )
         )
 
     def close(self) -> None:
         self._append()
-        self.store.flush()
+        self.written = Written.wait(self.tickets)
+        self.tickets = []
 
 
 class FileSink:
@@ -113,18 +120,19 @@ class FileSink:
 
     def write(self, records: Sequence[StepRecord]) -> None:
         for r in records:
-            if r.step is None:
-                continue  # prompt rows are not part of the file format
             if r.attention is None:
                 raise CaptureError("a capture file needs mode='full'")
+            # A causal model's prompt row (prefill=True): its step is its query's position.
+            step = r.position - 1 if r.step is None else r.step
             self.writer.write_step(
                 sequence=r.sequence,
-                step=r.step,
+                step=step,
                 token_id=-1 if r.token_id is None else r.token_id,
                 position=r.position,
                 timestamp_ms=int(r.timestamp * 1000),
                 text=r.token_text or "",
                 attention=r.attention,
+                prompt=r.step is None,
             )
 
     def close(self) -> None:

@@ -140,7 +140,9 @@ class MultiHeadAttention(nn.Module):
         n = k.shape[2]
         full_mask = _full_mask(mask, causal, q_len, n, x.device)
         if self.capture_observer is not None:
-            self.capture_observer(self, q, k, full_mask, self.head_dim**-0.5, False)
+            # The mask already holds the causal rule; the flag tells capture what kind of
+            # attention this is (an encoder's rows are labelled with their own tokens).
+            self.capture_observer(self, q, k, full_mask, self.head_dim**-0.5, causal)
         out, weights = self.attention(q, k, v, full_mask, need_weights=need_weights)
         out = out.transpose(1, 2).reshape(b, q_len, -1)
         return self.out_proj(out), weights, (k, v)

@@ -2,7 +2,7 @@
 //! Python exception; the message says what was wrong and where.
 
 /// Errors raised by the core. Messages name the row, index or byte offset at fault.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CoreError {
     /// An attention value or position is not usable: NaN, infinite, negative, a row that sums
     /// to zero, a position outside the context, a repeated top-k position.
@@ -14,6 +14,9 @@ pub enum CoreError {
     /// A packed blob, or a fingerprint about to be packed, is malformed.
     #[error("{0}")]
     Blob(String),
+    /// Bytes that are not in the format they claim to be: JSON that does not parse.
+    #[error("{0}")]
+    Decode(String),
     /// A layout name or code that this version does not know.
     #[error("{0}")]
     Layout(String),
@@ -28,6 +31,9 @@ pub enum CoreError {
     /// The other rows of their batches were committed.
     #[error("{0}")]
     Duplicate(String),
+    /// A file that should exist does not (a capture file to read).
+    #[error("{0}")]
+    Missing(String),
     /// A capture file that cannot be created, or that is not one, or whose chunks are damaged;
     /// the message names the file and the chunk.
     #[error("{0}")]

@@ -156,7 +156,7 @@ fn json_messages_decode_exactly_or_fail_cleanly() {
                     prop_assert_eq!(batch.fingerprints[i], x.as_f64().unwrap() as f32);
                 }
             } else {
-                prop_assert!(!out.errors[0].1.is_empty());
+                prop_assert!(!out.errors[0].1.to_string().is_empty());
             }
             Ok(())
         })

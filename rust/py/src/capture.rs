@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use attnfast_core::capture::{CaptureReader, CaptureWriter, StepHeader, WriterOptions};
+use attnfast_core::capture::{CaptureReader, CaptureWriter, Record, StepHeader, WriterOptions};
 use numpy::ndarray::Array3;
 use numpy::{IntoPyArray, PyArray1, PyArray3, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::error::{py, shape_error, to_py_err};
+use crate::error::{dtype_error, py, shape_error, to_py_err};
 use attnfast_core::CoreError;
 
 fn closed(what: &str) -> PyErr {
@@ -80,8 +80,9 @@ impl PyCaptureWriter {
         self.with(py_, |w| w.write_meta(meta_json))
     }
 
-    /// Appends one step; `attention` is a C-contiguous float32 or float16 `(L, H, N)` array.
-    #[pyo3(signature = (sequence, step, token_id, position, timestamp_ms, text, attention))]
+    /// Appends one step (or, with `prompt`, one prompt row); `attention` is a C-contiguous
+    /// float32 or float16 `(L, H, N)` array.
+    #[pyo3(signature = (sequence, step, token_id, position, timestamp_ms, text, attention, prompt=false))]
     #[allow(clippy::too_many_arguments)]
     fn write_step(
         &self,
@@ -93,7 +94,9 @@ impl PyCaptureWriter {
         timestamp_ms: i64,
         text: String,
         attention: &Bound<'_, PyAny>,
+        prompt: bool,
     ) -> PyResult<()> {
+        let kind = if prompt { Record::Prompt } else { Record::Step };
         let header = |shape: &[usize]| -> PyResult<StepHeader> {
             let (layers, heads, context_len) = dims(shape)?;
             Ok(StepHeader {
@@ -113,20 +116,28 @@ impl PyCaptureWriter {
             let v = a
                 .as_slice()
                 .map_err(|_| shape_error("attention must be C-contiguous"))?;
-            return self.with(py_, |w| w.write_step_f32(&h, v));
+            return self.with(py_, |w| w.write_f32(kind, &h, v));
         }
-        let a = attention.extract::<PyReadonlyArrayDyn<'_, half::f16>>()?;
+        let a = attention
+            .extract::<PyReadonlyArrayDyn<'_, half::f16>>()
+            .map_err(|_| dtype_error("attention must be a float32 or float16 numpy array"))?;
         let h = header(a.shape())?;
         let v = a
             .as_slice()
             .map_err(|_| shape_error("attention must be C-contiguous"))?;
-        self.with(py_, |w| w.write_step_f16(&h, v))
+        self.with(py_, |w| w.write_f16(kind, &h, v))
     }
 
     #[getter]
     fn steps(&self) -> u32 {
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         guard.as_ref().map(|w| w.steps()).unwrap_or(0)
+    }
+
+    #[getter]
+    fn prompt_rows(&self) -> u32 {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|w| w.prompt_rows()).unwrap_or(0)
     }
 
     #[getter]
@@ -217,42 +228,54 @@ impl PyCaptureReader {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn steps<'py>(&self, py_: Python<'py>) -> StepTable<'py> {
+    /// The table of the steps (or, with `prompt`, of the prompt rows), as columns.
+    #[pyo3(signature = (prompt=false))]
+    fn steps<'py>(&self, py_: Python<'py>, prompt: bool) -> StepTable<'py> {
+        let kind = if prompt { Record::Prompt } else { Record::Step };
         let r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let col = |f: &dyn Fn(&StepHeader) -> u32| r.headers().map(f).collect::<Vec<u32>>();
+        let headers = || r.record_headers(kind);
+        let col = |f: &dyn Fn(&StepHeader) -> u32| headers().map(f).collect::<Vec<u32>>();
         (
             col(&|h| h.sequence).into_pyarray(py_),
             col(&|h| h.step).into_pyarray(py_),
-            r.headers()
+            headers()
                 .map(|h| h.token_id)
                 .collect::<Vec<_>>()
                 .into_pyarray(py_),
             col(&|h| h.position).into_pyarray(py_),
-            r.headers()
+            headers()
                 .map(|h| h.timestamp_ms)
                 .collect::<Vec<_>>()
                 .into_pyarray(py_),
-            r.headers()
+            headers()
                 .map(|h| h.layers)
                 .collect::<Vec<_>>()
                 .into_pyarray(py_),
-            r.headers()
+            headers()
                 .map(|h| h.heads)
                 .collect::<Vec<_>>()
                 .into_pyarray(py_),
             col(&|h| h.context_len).into_pyarray(py_),
-            r.headers().map(|h| h.text.clone()).collect(),
+            headers().map(|h| h.text.clone()).collect(),
         )
     }
 
-    /// The attention of step `i` (position in the file) as float32 `(L, H, N)`.
-    fn read<'py>(&self, py_: Python<'py>, i: usize) -> PyResult<Bound<'py, PyArray3<f32>>> {
+    /// The attention of step `i` (or prompt row `i`), position in the file, as float32
+    /// `(L, H, N)`.
+    #[pyo3(signature = (i, prompt=false))]
+    fn read<'py>(
+        &self,
+        py_: Python<'py>,
+        i: usize,
+        prompt: bool,
+    ) -> PyResult<Bound<'py, PyArray3<f32>>> {
+        let kind = if prompt { Record::Prompt } else { Record::Step };
         let (shape, values) = py(py_.detach(|| {
             let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let h = r.header(i)?;
+            let h = r.record_header(kind, i)?;
             let shape = (h.layers as usize, h.heads as usize, h.context_len as usize);
             let mut out = Vec::new();
-            r.read(i, &mut out)?;
+            r.read_record(kind, i, &mut out)?;
             Ok((shape, out))
         }))?;
         let a = Array3::from_shape_vec(shape, values).map_err(|e| shape_error(e.to_string()))?;

@@ -28,7 +28,7 @@ mod _core {
     #[pymodule_export]
     use step::{attention_step, step_summary};
     #[pymodule_export]
-    use store::PyStore;
+    use store::{PyStore, PyTicket};
     #[pymodule_export]
     use zone::zone_codes;
 
@@ -47,7 +47,19 @@ mod _core {
             .collect();
         m.add("LAYOUTS", layouts)?;
         m.add_function(wrap_pyfunction!(build_info, m)?)?;
+        m.add_function(wrap_pyfunction!(release_memory, m)?)?;
         Ok(())
+    }
+
+    /// Hands memory freed since to the operating system (glibc keeps freed heap pages for
+    /// reuse; after decoding a large body that is hundreds of megabytes of resident memory).
+    #[pyfunction]
+    fn release_memory() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // Safety: malloc_trim only returns free pages; it does not touch live allocations.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// The vector path and thread count in use: `{"simd": ..., "threads": ...}`.

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 use crate::error::{invalid_error, py, to_py_err};
-use crate::store::PyStore;
+use crate::store::{PyStore, PyTicket};
 
 /// Decodes the SGLang explorer's JSON messages in Rust and appends them to a store.
 #[pyclass(frozen, name = "MessageDecoder", module = "attnfast._core")]
@@ -15,8 +15,12 @@ pub struct PyMessageDecoder {
     inner: std::sync::Mutex<MessageDecoder>,
 }
 
-/// `(rows appended, [(message index, error), ...])`.
-type Appended = (usize, Vec<(usize, String)>);
+/// `(tickets of the appended batches, [(message index, error), ...])`.
+type Appended = (Vec<PyTicket>, Vec<(usize, String)>);
+
+fn described(errors: &[(usize, attnfast_core::CoreError)]) -> Vec<(usize, String)> {
+    errors.iter().map(|(i, e)| (*i, e.to_string())).collect()
+}
 
 impl PyMessageDecoder {
     fn decoder(&self) -> std::sync::MutexGuard<'_, MessageDecoder> {
@@ -64,24 +68,52 @@ impl PyMessageDecoder {
                     m
                 })
                 .collect();
-            let decoded = self.decoder().decode_raw(&raw, all_or_nothing);
-            let errors = decoded.errors.clone();
-            let rows = store.inner.append_decoded(decoded)?;
-            Ok((rows, errors))
+            let mut decoded = self.decoder().decode_raw(&raw, all_or_nothing);
+            let errors = described(&std::mem::take(&mut decoded.errors));
+            let tickets = store.inner.append_decoded(decoded)?;
+            Ok((tickets.into_iter().map(PyTicket::new).collect(), errors))
+        })
+        .map_err(to_py_err)
+    }
+
+    /// Decodes one message and appends it, or raises its error (`DecodeError` when it is not
+    /// JSON, `InvalidInputError` naming the field otherwise).
+    fn append_one(&self, py_: Python<'_>, store: &PyStore, message: &[u8]) -> PyResult<PyTicket> {
+        let message = message.to_vec();
+        py_.detach(|| {
+            let decoded = self.decoder().decode_one(&message)?;
+            let mut tickets = store.inner.append_decoded(decoded)?;
+            Ok(PyTicket::new(
+                tickets.pop().expect("one message, one batch"),
+            ))
         })
         .map_err(to_py_err)
     }
 
     /// Decodes a request body (a JSON list of messages or `{"fingerprints": [...]}`) and
-    /// appends it whole, or nothing: returns the refused messages instead.
-    fn append_body(&self, py_: Python<'_>, store: &PyStore, body: &[u8]) -> PyResult<Appended> {
-        let body = body.to_vec();
-        py_.detach(|| {
-            let decoded = self.decoder().decode_body(&body)?;
-            let errors = decoded.errors.clone();
-            let rows = store.inner.append_decoded(decoded)?;
-            Ok((rows, errors))
-        })
-        .map_err(to_py_err)
+    /// appends it whole, or nothing: returns the refused messages instead. The body is read
+    /// in place (`bytes` or `bytearray`, which the caller must not change meanwhile).
+    fn append_body(
+        &self,
+        py_: Python<'_>,
+        store: &PyStore,
+        body: &Bound<'_, PyAny>,
+    ) -> PyResult<Appended> {
+        let view = pyo3::buffer::PyBuffer::<u8>::get(body)?;
+        if !view.is_c_contiguous() {
+            return Err(invalid_error("the body must be contiguous bytes"));
+        }
+        let (ptr, len) = (view.buf_ptr() as usize, view.len_bytes());
+        let result = py_.detach(|| {
+            // Safety: the buffer stays exported (and so alive and unmoved) while `view` lives,
+            // and the sidecar does not touch the body while it is decoded.
+            let body = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+            let mut decoded = self.decoder().decode_body(body)?;
+            let errors = described(&std::mem::take(&mut decoded.errors));
+            let tickets = store.inner.append_decoded(decoded)?;
+            Ok((tickets.into_iter().map(PyTicket::new).collect(), errors))
+        });
+        drop(view);
+        result.map_err(to_py_err)
     }
 }

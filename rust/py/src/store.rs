@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use attnfast_core::store::{
     Batch, DuplicatePolicy, ListColumn, Query, Rows, SqlValue, Store, StoreOptions, Synchronous,
-    TextColumn,
+    TextColumn, Ticket, Written,
 };
 use attnfast_core::{FINGERPRINT_DIM, Layout};
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
@@ -138,10 +140,39 @@ fn fill_columns(batch: &mut Batch, columns: &Bound<'_, PyDict>) -> PyResult<()> 
             "top_k_scores" => batch.top_k_scores = Some(list_column(&value, &name)?),
             "capture_layer_ids" => batch.capture_layer_ids = Some(list_column(&value, &name)?),
             "top_expert_ids" => batch.top_expert_ids = Some(list_column(&value, &name)?),
+            "invalid" => batch.invalid = Some(vec_of(&value)?),
             other => return Err(invalid_error(format!("unknown column {other:?}"))),
         }
     }
     Ok(())
+}
+
+/// A batch from the arguments of `append`.
+fn batch(
+    request_ids: &Bound<'_, PyAny>,
+    steps: PyReadonlyArray1<'_, i64>,
+    fingerprints: PyReadonlyArray2<'_, f32>,
+    layout: u32,
+    columns: &Bound<'_, PyDict>,
+) -> PyResult<Batch> {
+    let rows = steps.len();
+    if fingerprints.shape()[1] != FINGERPRINT_DIM {
+        return Err(shape_error(format!(
+            "fingerprints must have {FINGERPRINT_DIM} columns, got {}",
+            fingerprints.shape()[1]
+        )));
+    }
+    let (request_ids, request_index) = request_columns(request_ids, rows)?;
+    let mut batch = Batch {
+        request_ids,
+        request_index,
+        steps: steps.as_array().to_vec(),
+        fingerprints: fingerprints.as_array().iter().copied().collect(),
+        layout: py(Layout::from_code(layout))?,
+        ..Batch::default()
+    };
+    fill_columns(&mut batch, columns)?;
+    Ok(batch)
 }
 
 /// `(values, valid)` numpy arrays of a nullable column.
@@ -199,6 +230,7 @@ fn rows_to_dict<'py>(py_: Python<'py>, rows: Rows) -> PyResult<Bound<'py, PyDict
     d.set_item("layout", rows.layout.into_pyarray(py_))?;
     d.set_item("model_id", rows.model_id)?;
     d.set_item("created_us", rows.created_us.into_pyarray(py_))?;
+    d.set_item("invalid", rows.invalid.into_pyarray(py_))?;
     Ok(d)
 }
 
@@ -236,6 +268,58 @@ fn from_sql_value(py_: Python<'_>, v: SqlValue) -> PyResult<Bound<'_, PyAny>> {
 /// `(day, path, rows)` of one exported file.
 type ExportedFile = (String, PathBuf, u64);
 
+/// `(stored, duplicates, [(request_id, step), ...])`: what became of a tracked batch.
+pub type Outcome = (u64, u64, Vec<(String, i64)>);
+
+fn outcome(w: Written) -> Outcome {
+    (w.stored, w.duplicates, w.first_duplicates)
+}
+
+/// What became of a batch appended with `append_tracked`, once committed.
+#[pyclass(frozen, name = "Ticket", module = "attnfast._core")]
+pub struct PyTicket {
+    ticket: Ticket,
+    result: OnceLock<attnfast_core::Result<Written>>,
+}
+
+impl PyTicket {
+    pub fn new(ticket: Ticket) -> Self {
+        Self {
+            ticket,
+            result: OnceLock::new(),
+        }
+    }
+}
+
+#[pymethods]
+impl PyTicket {
+    /// Waits (without the GIL) for the batch's commit; returns `(stored, duplicates,
+    /// first duplicates)` or raises what stopped the batch.
+    fn wait(&self, py_: Python<'_>) -> PyResult<Outcome> {
+        let result = py_.detach(|| self.result.get_or_init(|| self.ticket.wait()).clone());
+        py(result).map(outcome)
+    }
+
+    /// Whether the batch's outcome is known (committed or failed).
+    fn done(&self) -> bool {
+        if self.result.get().is_some() {
+            return true;
+        }
+        match self.ticket.try_wait() {
+            Some(r) => {
+                let _ = self.result.set(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[getter]
+    fn rows(&self) -> usize {
+        self.ticket.rows()
+    }
+}
+
 /// A fingerprint store (see `attnfast.FingerprintStore`, which wraps this).
 #[pyclass(frozen, name = "Store", module = "attnfast._core")]
 pub struct PyStore {
@@ -245,7 +329,7 @@ pub struct PyStore {
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, synchronous, busy_timeout_s, max_queued_rows, on_duplicate))]
+    #[pyo3(signature = (path, synchronous, busy_timeout_s, max_queued_rows, on_duplicate, init))]
     fn new(
         py_: Python<'_>,
         path: PathBuf,
@@ -253,6 +337,7 @@ impl PyStore {
         busy_timeout_s: f64,
         max_queued_rows: usize,
         on_duplicate: &str,
+        init: bool,
     ) -> PyResult<Self> {
         if !(busy_timeout_s.is_finite() && busy_timeout_s >= 0.0) {
             return Err(invalid_error(format!(
@@ -267,6 +352,7 @@ impl PyStore {
             busy_timeout: Duration::from_secs_f64(busy_timeout_s),
             max_queued_rows,
             on_duplicate: py(DuplicatePolicy::parse(on_duplicate))?,
+            init,
         };
         let inner = py(py_.detach(|| Store::open(&path, opts)))?;
         Ok(Self { inner })
@@ -283,24 +369,23 @@ impl PyStore {
         layout: u32,
         columns: &Bound<'_, PyDict>,
     ) -> PyResult<usize> {
-        let rows = steps.len();
-        if fingerprints.shape()[1] != FINGERPRINT_DIM {
-            return Err(shape_error(format!(
-                "fingerprints must have {FINGERPRINT_DIM} columns, got {}",
-                fingerprints.shape()[1]
-            )));
-        }
-        let (request_ids, request_index) = request_columns(request_ids, rows)?;
-        let mut batch = Batch {
-            request_ids,
-            request_index,
-            steps: steps.as_array().to_vec(),
-            fingerprints: fingerprints.as_array().iter().copied().collect(),
-            layout: py(Layout::from_code(layout))?,
-            ..Batch::default()
-        };
-        fill_columns(&mut batch, columns)?;
+        let batch = batch(request_ids, steps, fingerprints, layout, columns)?;
         py(py_.detach(|| self.inner.append(batch)))
+    }
+
+    /// As `append`, returning a ticket for the batch's outcome.
+    #[pyo3(signature = (request_ids, steps, fingerprints, layout, columns))]
+    fn append_tracked(
+        &self,
+        py_: Python<'_>,
+        request_ids: &Bound<'_, PyAny>,
+        steps: PyReadonlyArray1<'_, i64>,
+        fingerprints: PyReadonlyArray2<'_, f32>,
+        layout: u32,
+        columns: &Bound<'_, PyDict>,
+    ) -> PyResult<PyTicket> {
+        let batch = batch(request_ids, steps, fingerprints, layout, columns)?;
+        py(py_.detach(|| self.inner.append_tracked(batch))).map(PyTicket::new)
     }
 
     fn flush(&self, py_: Python<'_>) -> PyResult<()> {
@@ -316,9 +401,10 @@ impl PyStore {
         self.inner.is_closed()
     }
 
-    #[getter]
-    fn migrated_rows(&self) -> u64 {
-        self.inner.migrated_rows()
+    /// `(rows converted from a seed database, rows quarantined, schema upgraded from)`.
+    fn opened(&self) -> (u64, u64, Option<i64>) {
+        let o = self.inner.opened();
+        (o.migrated_rows, o.quarantined_rows, o.upgraded_from)
     }
 
     /// `(rows_written, duplicates_rejected, transactions, failed_rows, queued_rows)`.
@@ -359,6 +445,31 @@ impl PyStore {
         };
         let rows = py(py_.detach(|| self.inner.read(&q)))?;
         rows_to_dict(py_, rows)
+    }
+
+    /// Rows matching the filters (as `read`, without limit and order).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (since_us, until_us, request_id, zone, cluster_id, layout))]
+    fn count(
+        &self,
+        py_: Python<'_>,
+        since_us: Option<i64>,
+        until_us: Option<i64>,
+        request_id: Option<String>,
+        zone: Option<u8>,
+        cluster_id: Option<i64>,
+        layout: Option<u32>,
+    ) -> PyResult<u64> {
+        let q = Query {
+            since_us,
+            until_us,
+            request_id,
+            zone,
+            cluster_id,
+            layout,
+            ..Query::default()
+        };
+        py(py_.detach(|| self.inner.count(&q)))
     }
 
     /// One read-only statement; returns `(column names, rows as tuples)`.

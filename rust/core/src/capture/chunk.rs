@@ -23,8 +23,12 @@ pub enum ChunkKind {
     Meta = 1,
     /// Step records.
     Steps = 2,
-    /// The index written on close: chunk locations and every step's header.
+    /// The index written on close: chunk locations and every record's header.
     Index = 3,
+    /// Prompt-row records (the rows of the prompt's positions, captured with prefill): the
+    /// same layout as step records, counted apart. Added after the first files were written;
+    /// a reader that predates it skips these chunks as damaged and reads every step.
+    Prompt = 4,
 }
 
 impl ChunkKind {
@@ -33,13 +37,15 @@ impl ChunkKind {
             1 => Some(Self::Meta),
             2 => Some(Self::Steps),
             3 => Some(Self::Index),
+            4 => Some(Self::Prompt),
             _ => None,
         }
     }
 }
 
-/// One chunk header. `first_step`/`step_count` are step ordinals in the file (0, 1, 2, ...
-/// in write order), so a reader finds the chunk of step `i` without decompressing anything.
+/// One chunk header. `first_step`/`step_count` are record ordinals in the file (0, 1, 2, ...
+/// in write order; steps and prompt rows counted apart), so a reader finds the chunk of step
+/// `i` without decompressing anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkHeader {
     pub kind: ChunkKind,

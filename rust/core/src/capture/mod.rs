@@ -16,5 +16,5 @@ mod writer;
 
 pub use chunk::{ChunkKind, FILE_MAGIC, FORMAT_VERSION};
 pub use reader::{CaptureReader, ChunkProblem};
-pub use record::StepHeader;
+pub use record::{Record, StepHeader};
 pub use writer::{CaptureWriter, WriterOptions};

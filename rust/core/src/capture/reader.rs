@@ -1,7 +1,8 @@
-//! The capture reader: random access by step ordinal, one decompressed chunk cached. A file
+//! The capture reader: random access by record ordinal, one decompressed chunk cached. A file
 //! closed properly is opened from its index; a file without one (the writer crashed, or it
 //! was cut short) is scanned chunk by chunk, and what is intact stays readable. Damage is
-//! reported by chunk number and byte offset.
+//! reported by chunk number and byte offset. The metadata header (the first chunk) must be
+//! whole: a file whose model, mode and layers are unknown is an error, not empty fields.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -14,7 +15,7 @@ use super::chunk::{
     CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkHeader, ChunkKind, FILE_HEADER_LEN, FOOTER_LEN,
     check_file_header, decode_footer,
 };
-use super::record::{StepHeader, get_planes};
+use super::record::{Record, StepHeader, get_planes};
 use crate::error::{CoreError, Result};
 
 /// A chunk that could not be read, found while opening or reading.
@@ -31,10 +32,10 @@ struct Chunk {
     header: ChunkHeader,
 }
 
-struct Step {
+struct Entry {
     header: StepHeader,
     chunk: usize,
-    /// Ordinal of the step inside its chunk.
+    /// Ordinal of the record inside its chunk.
     slot: usize,
 }
 
@@ -50,33 +51,47 @@ pub struct CaptureReader {
     path: String,
     meta: Map<String, Value>,
     chunks: Vec<Chunk>,
-    steps: Vec<Step>,
+    /// Steps, then prompt rows (`Record as usize`).
+    records: [Vec<Entry>; 2],
     problems: Vec<ChunkProblem>,
     indexed: bool,
     loaded: Option<Loaded>,
 }
 
+fn record_of(kind: ChunkKind) -> Option<Record> {
+    match kind {
+        ChunkKind::Steps => Some(Record::Step),
+        ChunkKind::Prompt => Some(Record::Prompt),
+        ChunkKind::Meta | ChunkKind::Index => None,
+    }
+}
+
 impl CaptureReader {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path)
-            .map_err(|e| CoreError::Capture(format!("cannot open {}: {e}", path.display())))?;
-        let len = file.metadata()?.len();
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CoreError::Missing(format!("no such capture file: {shown}"))
+            } else {
+                CoreError::Capture(format!("cannot open {shown}: {e}"))
+            }
+        })?;
+        let io = |e: std::io::Error| CoreError::Capture(format!("cannot read {shown}: {e}"));
+        let len = file.metadata().map_err(io)?.len();
         let mut head = [0u8; FILE_HEADER_LEN];
         if len < FILE_HEADER_LEN as u64 {
             return Err(CoreError::Capture(format!(
-                "{} is not an attnfast capture file ({len} bytes, shorter than its header)",
-                path.display()
+                "{shown} is not an attnfast capture file ({len} bytes, shorter than its header)"
             )));
         }
-        file.read_exact_at(&mut head, 0)?;
-        check_file_header(&head)
-            .map_err(|e| CoreError::Capture(format!("{}: {e}", path.display())))?;
+        file.read_exact_at(&mut head, 0).map_err(io)?;
+        check_file_header(&head).map_err(|e| CoreError::Capture(format!("{shown}: {e}")))?;
         let mut r = Self {
             file,
-            path: path.display().to_string(),
+            path: shown,
             meta: Map::new(),
             chunks: Vec::new(),
-            steps: Vec::new(),
+            records: [Vec::new(), Vec::new()],
             problems: Vec::new(),
             indexed: false,
             loaded: None,
@@ -84,7 +99,41 @@ impl CaptureReader {
         if !r.open_indexed(len)? {
             r.scan(len)?;
         }
+        r.check_metadata()?;
         Ok(r)
+    }
+
+    fn io(&self, e: std::io::Error) -> CoreError {
+        CoreError::Capture(format!("cannot read {}: {e}", self.path))
+    }
+
+    /// The first chunk, right after the file header, is the metadata header; it must be
+    /// there and whole.
+    fn check_metadata(&self) -> Result<()> {
+        let first = self.chunks.first();
+        let at_start = first.is_some_and(|c| c.offset == FILE_HEADER_LEN as u64);
+        let damage = self
+            .problems
+            .iter()
+            .find(|p| p.offset == FILE_HEADER_LEN as u64);
+        if let Some(p) = damage {
+            let detail = p
+                .message
+                .rsplit("is damaged: ")
+                .next()
+                .unwrap_or(&p.message);
+            return Err(CoreError::Capture(format!(
+                "{}: its metadata header (chunk 0, byte {FILE_HEADER_LEN}) is damaged: {detail}",
+                self.path
+            )));
+        }
+        if !at_start || first.is_some_and(|c| c.header.kind != ChunkKind::Meta) {
+            return Err(CoreError::Capture(format!(
+                "{}: it has no metadata header at byte {FILE_HEADER_LEN}",
+                self.path
+            )));
+        }
+        Ok(())
     }
 
     pub fn meta(&self) -> &Map<String, Value> {
@@ -100,37 +149,60 @@ impl CaptureReader {
         self.indexed
     }
 
+    /// Steps in the file.
     pub fn len(&self) -> usize {
-        self.steps.len()
+        self.records[Record::Step as usize].len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.len() == 0
     }
 
-    pub fn header(&self, i: usize) -> Result<&StepHeader> {
-        self.steps.get(i).map(|s| &s.header).ok_or_else(|| {
+    /// Records of a kind in the file.
+    pub fn count(&self, kind: Record) -> usize {
+        self.records[kind as usize].len()
+    }
+
+    fn entry(&self, kind: Record, i: usize) -> Result<&Entry> {
+        let all = &self.records[kind as usize];
+        all.get(i).ok_or_else(|| {
+            let what = match kind {
+                Record::Step => "step",
+                Record::Prompt => "prompt row",
+            };
             CoreError::Invalid(format!(
-                "step index {i} is out of range (the capture has {} readable steps)",
-                self.steps.len()
+                "{what} index {i} is out of range (the capture has {} readable {what}s)",
+                all.len()
             ))
         })
     }
 
+    pub fn header(&self, i: usize) -> Result<&StepHeader> {
+        self.record_header(Record::Step, i)
+    }
+
+    pub fn record_header(&self, kind: Record, i: usize) -> Result<&StepHeader> {
+        self.entry(kind, i).map(|e| &e.header)
+    }
+
     pub fn headers(&self) -> impl Iterator<Item = &StepHeader> {
-        self.steps.iter().map(|s| &s.header)
+        self.record_headers(Record::Step)
+    }
+
+    pub fn record_headers(&self, kind: Record) -> impl Iterator<Item = &StepHeader> {
+        self.records[kind as usize].iter().map(|s| &s.header)
     }
 
     /// The attention of step `i` (by position in the file), as float32.
     pub fn read(&mut self, i: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.read_record(Record::Step, i, out)
+    }
+
+    /// The attention of record `i` of a kind, as float32.
+    pub fn read_record(&mut self, kind: Record, i: usize, out: &mut Vec<f32>) -> Result<()> {
         let (chunk, slot, n) = {
-            let s = self.steps.get(i).ok_or_else(|| {
-                CoreError::Invalid(format!(
-                    "step index {i} is out of range (the capture has {} readable steps)",
-                    self.steps.len()
-                ))
-            })?;
-            (s.chunk, s.slot, s.header.values())
+            let e = self.entry(kind, i)?;
+            (e.chunk, e.slot, e.header.values())
         };
         self.load(chunk)?;
         let loaded = self
@@ -231,13 +303,20 @@ impl CaptureReader {
         Ok(header)
     }
 
-    fn merge_meta(&mut self, raw: &[u8], chunk: usize) {
-        match serde_json::from_slice::<Value>(raw) {
-            Ok(Value::Object(m)) => self.meta.extend(m),
-            _ => self.problems.push(ChunkProblem {
+    /// Merges a metadata chunk's JSON object; a chunk that is not one is a problem.
+    fn merge_meta(&mut self, chunk: usize) {
+        let parsed =
+            self.payload(chunk)
+                .and_then(|raw| match serde_json::from_slice::<Value>(&raw) {
+                    Ok(Value::Object(m)) => Ok(m),
+                    _ => Err(self.damage(chunk, "its metadata is not a JSON object")),
+                });
+        match parsed {
+            Ok(m) => self.meta.extend(m),
+            Err(e) => self.problems.push(ChunkProblem {
                 chunk,
                 offset: self.chunks[chunk].offset,
-                message: "its metadata is not a JSON object".into(),
+                message: e.to_string(),
             }),
         }
     }
@@ -249,7 +328,8 @@ impl CaptureReader {
         }
         let mut tail = [0u8; FOOTER_LEN];
         self.file
-            .read_exact_at(&mut tail, len - FOOTER_LEN as u64)?;
+            .read_exact_at(&mut tail, len - FOOTER_LEN as u64)
+            .map_err(|e| self.io(e))?;
         let Some(index_at) = decode_footer(&tail) else {
             return Ok(false);
         };
@@ -268,7 +348,7 @@ impl CaptureReader {
             self.chunks.clear();
             return Ok(false);
         };
-        let Some((locations, headers)) = parse_index(&index) else {
+        let Some((locations, tables)) = parse_index(&index) else {
             self.chunks.clear();
             return Ok(false);
         };
@@ -279,49 +359,46 @@ impl CaptureReader {
                     self.chunks.push(Chunk { offset, header: h })
                 }
                 // The index disagrees with the file: trust nothing in it and scan.
-                _ => {
-                    self.chunks.clear();
-                    return Ok(false);
-                }
+                _ => return Ok(self.forget()),
             }
         }
         for i in 0..self.chunks.len() {
             if self.chunks[i].header.kind == ChunkKind::Meta {
-                match self.payload(i) {
-                    Ok(raw) => self.merge_meta(&raw, i),
-                    Err(e) => self.problems.push(ChunkProblem {
-                        chunk: i,
-                        offset: self.chunks[i].offset,
-                        message: e.to_string(),
-                    }),
-                }
+                self.merge_meta(i);
             }
         }
-        let mut chunk = 0;
-        for (ordinal, h) in headers.into_iter().enumerate() {
-            let ordinal = ordinal as u32;
-            while chunk < self.chunks.len() && {
-                let c = &self.chunks[chunk].header;
-                c.kind != ChunkKind::Steps || ordinal >= c.first_step + c.step_count
-            } {
-                chunk += 1;
+        for (kind, headers) in [Record::Step, Record::Prompt].into_iter().zip(tables) {
+            let mut chunk = 0;
+            for (ordinal, h) in headers.into_iter().enumerate() {
+                let ordinal = ordinal as u32;
+                while chunk < self.chunks.len() && {
+                    let c = &self.chunks[chunk].header;
+                    record_of(c.kind) != Some(kind) || ordinal >= c.first_step + c.step_count
+                } {
+                    chunk += 1;
+                }
+                if chunk == self.chunks.len() {
+                    return Ok(self.forget());
+                }
+                let slot = (ordinal - self.chunks[chunk].header.first_step) as usize;
+                self.records[kind as usize].push(Entry {
+                    header: h,
+                    chunk,
+                    slot,
+                });
             }
-            if chunk == self.chunks.len() {
-                self.chunks.clear();
-                self.steps.clear();
-                self.problems.clear();
-                self.meta.clear();
-                return Ok(false);
-            }
-            let slot = (ordinal - self.chunks[chunk].header.first_step) as usize;
-            self.steps.push(Step {
-                header: h,
-                chunk,
-                slot,
-            });
         }
         self.indexed = true;
         Ok(true)
+    }
+
+    /// Drops what an index said, for a scan; returns false.
+    fn forget(&mut self) -> bool {
+        self.chunks.clear();
+        self.records = [Vec::new(), Vec::new()];
+        self.problems.clear();
+        self.meta.clear();
+        false
     }
 
     /// Walks the chunks from the start, keeping every intact one. After a damaged header it
@@ -355,54 +432,55 @@ impl CaptureReader {
                     // The footer that follows an index is not a chunk.
                     offset += FOOTER_LEN as u64;
                 }
-                ChunkKind::Meta => match self.payload(chunk) {
-                    Ok(raw) => self.merge_meta(&raw, chunk),
-                    Err(e) => self.problems.push(ChunkProblem {
-                        chunk,
-                        offset: self.chunks[chunk].offset,
-                        message: e.to_string(),
-                    }),
-                },
-                ChunkKind::Steps => match self.payload(chunk) {
-                    Ok(raw) => {
-                        let mut at = 0;
-                        let mut slot = 0;
-                        while at < raw.len() {
-                            match StepHeader::decode(&raw[at..]) {
-                                Ok((h, used)) => {
-                                    at += used + 2 * h.values();
-                                    self.steps.push(Step {
-                                        header: h,
-                                        chunk,
-                                        slot,
-                                    });
-                                    slot += 1;
-                                }
-                                Err(m) => {
-                                    self.problems.push(ChunkProblem {
-                                        chunk,
-                                        offset: self.chunks[chunk].offset,
-                                        message: m,
-                                    });
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => self.problems.push(ChunkProblem {
-                        chunk,
-                        offset: self.chunks[chunk].offset,
-                        message: e.to_string(),
-                    }),
-                },
+                ChunkKind::Meta => self.merge_meta(chunk),
+                ChunkKind::Steps | ChunkKind::Prompt => self.scan_records(chunk),
             }
         }
         Ok(())
     }
 
+    fn scan_records(&mut self, chunk: usize) {
+        let kind = record_of(self.chunks[chunk].header.kind).expect("a record chunk");
+        let raw = match self.payload(chunk) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.problems.push(ChunkProblem {
+                    chunk,
+                    offset: self.chunks[chunk].offset,
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        let (mut at, mut slot) = (0, 0);
+        while at < raw.len() {
+            match StepHeader::decode(&raw[at..]) {
+                Ok((h, used)) => {
+                    at += used + 2 * h.values();
+                    self.records[kind as usize].push(Entry {
+                        header: h,
+                        chunk,
+                        slot,
+                    });
+                    slot += 1;
+                }
+                Err(m) => {
+                    self.problems.push(ChunkProblem {
+                        chunk,
+                        offset: self.chunks[chunk].offset,
+                        message: m,
+                    });
+                    break;
+                }
+            }
+        }
+    }
+
     fn resync(&self, from: u64, len: u64) -> Result<Option<u64>> {
         let mut buf = vec![0u8; (len - from.min(len)) as usize];
-        self.file.read_exact_at(&mut buf, from)?;
+        self.file
+            .read_exact_at(&mut buf, from)
+            .map_err(|e| self.io(e))?;
         let mut at = 0;
         while let Some(p) = buf[at..].windows(4).position(|w| w == CHUNK_MAGIC) {
             let offset = from + (at + p) as u64;
@@ -417,23 +495,31 @@ impl CaptureReader {
 
 type Locations = Vec<(u64, u32, u32)>;
 
-fn parse_index(b: &[u8]) -> Option<(Locations, Vec<StepHeader>)> {
+/// The index: chunk locations, step headers, and prompt-row headers (absent in files
+/// without prompt rows).
+fn parse_index(b: &[u8]) -> Option<(Locations, [Vec<StepHeader>; 2])> {
     let u32_at = |i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
     let n = u32_at(0)? as usize;
     let mut at = 4;
-    let mut locations = Vec::with_capacity(n);
+    let mut locations = Vec::with_capacity(n.min(b.len() / 20));
     for _ in 0..n {
         let offset = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
         locations.push((offset, u32_at(at + 12)?, u32_at(at + 16)?));
         at += 20;
     }
-    let steps = u32_at(at)? as usize;
-    at += 4;
-    let mut headers = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let (h, used) = StepHeader::decode(b.get(at..)?).ok()?;
-        headers.push(h);
-        at += used;
+    let mut tables: [Vec<StepHeader>; 2] = [Vec::new(), Vec::new()];
+    for (i, table) in tables.iter_mut().enumerate() {
+        if i == 1 && at == b.len() {
+            break;
+        }
+        let count = u32_at(at)? as usize;
+        at += 4;
+        table.reserve(count.min(b.len() / 40));
+        for _ in 0..count {
+            let (h, used) = StepHeader::decode(b.get(at..)?).ok()?;
+            table.push(h);
+            at += used;
+        }
     }
-    Some((locations, headers))
+    Some((locations, tables))
 }

@@ -3,6 +3,23 @@
 
 use half::f16;
 
+/// The two kinds of record: a generation step, or a prompt row (the attention of one prompt
+/// position, captured with prefill). Same layout; stored in chunks of their own kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Step = 0,
+    Prompt = 1,
+}
+
+impl Record {
+    pub fn chunk_kind(self) -> super::chunk::ChunkKind {
+        match self {
+            Record::Step => super::chunk::ChunkKind::Steps,
+            Record::Prompt => super::chunk::ChunkKind::Prompt,
+        }
+    }
+}
+
 /// Fixed part of a step header, in bytes.
 pub const STEP_HEADER_LEN: usize = 40;
 

@@ -12,7 +12,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::chunk::{ChunkHeader, ChunkKind, file_header, footer};
-use super::record::{StepHeader, put_planes};
+use super::record::{Record, StepHeader, put_planes};
 use crate::error::{CoreError, Result};
 
 /// Chunks waiting for the compressor at most; with the one being filled and the one being
@@ -65,10 +65,13 @@ struct Written {
 pub struct CaptureWriter {
     opts: WriterOptions,
     path: String,
+    /// The chunk being filled: its records, their kind, and the first one's ordinal.
     buf: Vec<u8>,
+    buf_kind: Record,
     buf_first: u32,
-    steps: u32,
-    headers: Vec<u8>,
+    /// Records written, and their headers for the index: steps, then prompt rows.
+    counts: [u32; 2],
+    headers: [Vec<u8>; 2],
     half: Vec<f16>,
     tx: Option<Sender<Job>>,
     thread: Option<JoinHandle<Result<Written>>>,
@@ -86,7 +89,9 @@ impl CaptureWriter {
         let file = File::create(path)
             .map_err(|e| CoreError::Capture(format!("cannot create {}: {e}", path.display())))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&file_header())?;
+        let shown = path.display().to_string();
+        let io = move |e: std::io::Error| CoreError::Capture(format!("cannot write {shown}: {e}"));
+        out.write_all(&file_header()).map_err(&io)?;
         let (tx, rx) = bounded::<Job>(QUEUED_CHUNKS);
         let level = opts.level;
         let thread = std::thread::Builder::new()
@@ -107,9 +112,9 @@ impl CaptureWriter {
                         first_step,
                         step_count: count,
                     };
-                    offset += write_chunk(&mut out, kind, &raw, first_step, count, level)?;
+                    offset += write_chunk(&mut out, kind, &raw, first_step, count, level, &io)?;
                     // Each sealed chunk reaches the OS at once: a crash loses only later ones.
-                    out.flush()?;
+                    out.flush().map_err(&io)?;
                     locations.push(loc);
                 }
                 Ok(Written {
@@ -123,9 +128,10 @@ impl CaptureWriter {
             opts,
             path: path.display().to_string(),
             buf: Vec::new(),
+            buf_kind: Record::Step,
             buf_first: 0,
-            steps: 0,
-            headers: Vec::new(),
+            counts: [0, 0],
+            headers: [Vec::new(), Vec::new()],
             half: Vec::new(),
             tx: Some(tx),
             thread: Some(thread),
@@ -136,7 +142,12 @@ impl CaptureWriter {
 
     /// Steps written so far.
     pub fn steps(&self) -> u32 {
-        self.steps
+        self.counts[Record::Step as usize]
+    }
+
+    /// Prompt rows written so far.
+    pub fn prompt_rows(&self) -> u32 {
+        self.counts[Record::Prompt as usize]
     }
 
     /// Merges a JSON object into the capture's metadata (later keys win).
@@ -150,12 +161,22 @@ impl CaptureWriter {
             }
         }
         self.seal()?;
-        self.send(ChunkKind::Meta, json.as_bytes().to_vec(), self.steps, 0)
+        self.send(ChunkKind::Meta, json.as_bytes().to_vec(), self.steps(), 0)
     }
 
     /// Appends one step; `values` are its `layers x heads x context_len` attention weights.
     pub fn write_step_f32(&mut self, header: &StepHeader, values: &[f32]) -> Result<()> {
-        self.check(header, values.len())?;
+        self.write_f32(Record::Step, header, values)
+    }
+
+    /// Appends one step from float16 values.
+    pub fn write_step_f16(&mut self, header: &StepHeader, values: &[f16]) -> Result<()> {
+        self.write_f16(Record::Step, header, values)
+    }
+
+    /// Appends one record of either kind from float32 values.
+    pub fn write_f32(&mut self, kind: Record, header: &StepHeader, values: &[f32]) -> Result<()> {
+        self.check(kind, header, values.len())?;
         if let Some(i) = values.iter().position(|v| !v.is_finite() || *v < 0.0) {
             return Err(CoreError::AttentionValue(format!(
                 "step {} of sequence {}: attention value {} at index {i} is not a finite \
@@ -166,14 +187,14 @@ impl CaptureWriter {
         self.half.resize(values.len(), f16::ZERO);
         self.half.convert_from_f32_slice(values);
         let half = std::mem::take(&mut self.half);
-        let r = self.push(header, &half);
+        let r = self.push(kind, header, &half);
         self.half = half;
         r
     }
 
-    /// Appends one step from float16 values.
-    pub fn write_step_f16(&mut self, header: &StepHeader, values: &[f16]) -> Result<()> {
-        self.check(header, values.len())?;
+    /// Appends one record of either kind from float16 values.
+    pub fn write_f16(&mut self, kind: Record, header: &StepHeader, values: &[f16]) -> Result<()> {
+        self.check(kind, header, values.len())?;
         if let Some(i) = values
             .iter()
             .position(|v| !v.is_finite() || v.is_sign_negative() && *v != f16::ZERO)
@@ -184,7 +205,7 @@ impl CaptureWriter {
                 header.step, header.sequence, values[i]
             )));
         }
-        self.push(header, values)
+        self.push(kind, header, values)
     }
 
     /// Seals the last chunk, writes the index and footer, and syncs the file.
@@ -197,7 +218,8 @@ impl CaptureWriter {
             mut out,
             offset,
         } = self.join()?;
-        let mut index = Vec::with_capacity(8 + 20 * locations.len() + self.headers.len());
+        let [steps, prompt] = &self.headers;
+        let mut index = Vec::with_capacity(12 + 20 * locations.len() + steps.len() + prompt.len());
         index.extend_from_slice(&(locations.len() as u32).to_le_bytes());
         for l in &locations {
             index.extend_from_slice(&l.offset.to_le_bytes());
@@ -205,47 +227,57 @@ impl CaptureWriter {
             index.extend_from_slice(&l.first_step.to_le_bytes());
             index.extend_from_slice(&l.step_count.to_le_bytes());
         }
-        index.extend_from_slice(&self.steps.to_le_bytes());
-        index.extend_from_slice(&self.headers);
+        index.extend_from_slice(&self.steps().to_le_bytes());
+        index.extend_from_slice(steps);
+        // Prompt rows follow, in files that have them (older readers stop before them).
+        if self.prompt_rows() > 0 {
+            index.extend_from_slice(&self.prompt_rows().to_le_bytes());
+            index.extend_from_slice(prompt);
+        }
+        let path = self.path.clone();
+        let io = |e: std::io::Error| CoreError::Capture(format!("cannot write {path}: {e}"));
         let len = write_chunk(
             &mut out,
             ChunkKind::Index,
             &index,
             0,
-            self.steps,
+            self.steps(),
             self.opts.level,
+            &io,
         )?;
-        out.write_all(&footer(offset))?;
-        let file = out.into_inner().map_err(|e| {
-            CoreError::Capture(format!("cannot write {}: {}", self.path, e.error()))
-        })?;
-        file.sync_all()?;
+        out.write_all(&footer(offset)).map_err(io)?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
         Ok(offset + len + super::chunk::FOOTER_LEN as u64)
     }
 
-    fn check(&mut self, header: &StepHeader, n: usize) -> Result<()> {
+    fn check(&mut self, kind: Record, header: &StepHeader, n: usize) -> Result<()> {
         if n != header.values() {
             return Err(CoreError::Shape(format!(
                 "step {}: {} attention values given for {} layers x {} heads x {} keys",
                 header.step, n, header.layers, header.heads, header.context_len
             )));
         }
-        if self.steps == u32::MAX {
+        if self.counts[kind as usize] == u32::MAX {
             return Err(CoreError::Invalid(
-                "a capture file holds at most 2^32 - 1 steps".into(),
+                "a capture file holds at most 2^32 - 1 steps and as many prompt rows".into(),
             ));
         }
         Ok(())
     }
 
-    fn push(&mut self, header: &StepHeader, values: &[f16]) -> Result<()> {
+    fn push(&mut self, kind: Record, header: &StepHeader, values: &[f16]) -> Result<()> {
+        if !self.buf.is_empty() && self.buf_kind != kind {
+            self.seal()?; // a chunk holds records of one kind
+        }
         if self.buf.is_empty() {
-            self.buf_first = self.steps;
+            self.buf_kind = kind;
+            self.buf_first = self.counts[kind as usize];
         }
         header.encode_into(&mut self.buf);
         put_planes(values.iter().copied(), &mut self.buf);
-        header.encode_into(&mut self.headers);
-        self.steps += 1;
+        header.encode_into(&mut self.headers[kind as usize]);
+        self.counts[kind as usize] += 1;
         if self.buf.len() >= self.opts.chunk_bytes {
             self.seal()?;
         }
@@ -258,8 +290,9 @@ impl CaptureWriter {
             return Ok(());
         }
         let raw = std::mem::take(&mut self.buf);
-        let count = self.steps - self.buf_first;
-        self.send(ChunkKind::Steps, raw, self.buf_first, count)
+        let kind = self.buf_kind;
+        let count = self.counts[kind as usize] - self.buf_first;
+        self.send(kind.chunk_kind(), raw, self.buf_first, count)
     }
 
     fn send(&mut self, kind: ChunkKind, raw: Vec<u8>, first_step: u32, count: u32) -> Result<()> {
@@ -320,6 +353,7 @@ fn write_chunk(
     first_step: u32,
     count: u32,
     level: i32,
+    io: &impl Fn(std::io::Error) -> CoreError,
 ) -> Result<u64> {
     let stored = zstd::bulk::compress(raw, level)
         .map_err(|e| CoreError::Capture(format!("zstd compression failed: {e}")))?;
@@ -333,7 +367,7 @@ fn write_chunk(
         first_step,
         step_count: count,
     };
-    out.write_all(&header.encode())?;
-    out.write_all(&stored)?;
+    out.write_all(&header.encode()).map_err(io)?;
+    out.write_all(&stored).map_err(io)?;
     Ok((super::chunk::CHUNK_HEADER_LEN + stored.len()) as u64)
 }

@@ -1,6 +1,8 @@
 //! A batch of rows on its way to the writer: columns, checked in the caller's thread so that
 //! bad input fails at `append` (naming the row) instead of later in the background.
 
+use super::checks::MAX_EXPERT_IDS;
+use super::vectors;
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
 use crate::layout::Layout;
@@ -80,6 +82,10 @@ pub struct Batch {
     pub top_k_scores: Option<ListColumn<f32>>,
     pub capture_layer_ids: Option<ListColumn<i32>>,
     pub top_expert_ids: Option<ListColumn<i32>>,
+    /// Rows the caller says break their layout's rules (exported as such, or written by the
+    /// seed's tools): stored flagged, with zone unknown, without the value checks. Every other
+    /// row must pass them. After `validate`, one flag per row.
+    pub invalid: Option<Vec<bool>>,
 }
 
 /// Steps live in the low 24 bits of a row's id (`request_key * 2^24 + step`).
@@ -150,15 +156,9 @@ impl Batch {
                 self.steps[row]
             )));
         }
-        for (r, fp) in self.fingerprints.chunks_exact(FINGERPRINT_DIM).enumerate() {
-            if let Some(i) = fp.iter().position(|v| !v.is_finite()) {
-                return Err(CoreError::Blob(format!(
-                    "fingerprint of row {r} has {} at index {i}",
-                    fp[i]
-                )));
-            }
-        }
         self.check_lengths(n)?;
+        self.check_vectors(n)?;
+        self.check_lists()?;
         if let Some(codes) = &self.think_phase
             && let Some(row) = codes
                 .iter()
@@ -176,10 +176,89 @@ impl Batch {
         if self.created_us.is_empty() {
             self.created_us = vec![now_us; n];
         }
-        if self.zone.is_none() && self.layout == Layout::V1 {
+        if self.layout == Layout::V1 {
             self.fill_zones();
         }
+        self.mark_invalid();
         Ok(())
+    }
+
+    /// Every row not flagged invalid must be a vector of the batch's layout.
+    fn check_vectors(&self, n: usize) -> Result<()> {
+        let flags = self.invalid.as_deref();
+        for (r, fp) in self.fingerprints.chunks_exact(FINGERPRINT_DIM).enumerate() {
+            if flags.is_some_and(|f| f[r]) {
+                continue;
+            }
+            if let Some(problem) = vectors::problem(self.layout, fp) {
+                let hint = match self.layout {
+                    Layout::V1 => {
+                        "; if it is the SGLang server's vector, store it with layout sglang"
+                    }
+                    Layout::Sglang => "",
+                };
+                let msg = format!(
+                    "fingerprint of row {r} is not a {} vector: it {problem}{hint}",
+                    self.layout.name()
+                );
+                return Err(if fp.iter().all(|v| v.is_finite()) {
+                    CoreError::Invalid(msg)
+                } else {
+                    CoreError::Blob(msg)
+                });
+            }
+        }
+        debug_assert!(flags.is_none_or(|f| f.len() == n));
+        Ok(())
+    }
+
+    /// What the readers and the view's rules need of the lists: a row with top-k positions
+    /// and scores has one score per position, scores are finite, at most `MAX_EXPERT_IDS`
+    /// experts per row.
+    fn check_lists(&self) -> Result<()> {
+        if let (Some(p), Some(s)) = (&self.top_k_positions, &self.top_k_scores) {
+            for row in 0..p.rows() {
+                let (np, ns) = (p.row(row).len(), s.row(row).len());
+                if np != ns && np > 0 && ns > 0 {
+                    return Err(CoreError::Shape(format!(
+                        "top_k_positions of row {row} has {np} entries but top_k_scores has {ns}"
+                    )));
+                }
+            }
+        }
+        if let Some(s) = &self.top_k_scores
+            && let Some(row) = (0..s.rows()).find(|&r| s.row(r).iter().any(|v| !v.is_finite()))
+        {
+            return Err(CoreError::Invalid(format!(
+                "top_k_scores of row {row} holds a value that is not finite"
+            )));
+        }
+        if let Some(e) = &self.top_expert_ids
+            && let Some(row) = (0..e.rows()).find(|&r| e.row(r).len() > MAX_EXPERT_IDS)
+        {
+            return Err(CoreError::Invalid(format!(
+                "top_expert_ids of row {row} has {} entries; at most {MAX_EXPERT_IDS} are stored",
+                e.row(row).len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Flagged rows carry zone unknown and no confidence; every row gets a flag.
+    fn mark_invalid(&mut self) {
+        let n = self.rows();
+        let flags = self.invalid.get_or_insert_with(|| vec![false; n]);
+        if !flags.iter().any(|&f| f) {
+            return;
+        }
+        let zones = self.zone.get_or_insert_with(|| vec![NULL_CODE; n]);
+        let confidences = self
+            .manifold_confidence
+            .get_or_insert_with(|| vec![f64::NAN; n]);
+        for (row, _) in flags.iter().enumerate().filter(|(_, f)| **f) {
+            zones[row] = Zone::Unknown as u8;
+            confidences[row] = f64::NAN;
+        }
     }
 
     fn check_lengths(&self, n: usize) -> Result<()> {
@@ -202,6 +281,7 @@ impl Batch {
             ("segment_idx", self.segment_idx.as_ref().map(Vec::len)),
             ("manifold_zone", self.zone.as_ref().map(Vec::len)),
             ("cluster_id", self.cluster_id.as_ref().map(Vec::len)),
+            ("invalid", self.invalid.as_ref().map(Vec::len)),
             (
                 "top_k_positions",
                 self.top_k_positions.as_ref().map(ListColumn::rows),
@@ -240,19 +320,23 @@ impl Batch {
         Ok(())
     }
 
-    /// The seed's rule-based zone and confidence for each v1 fingerprint.
+    /// The seed's rule-based zone for each v1 row given none, and its confidence unless one
+    /// is given (flagged rows get theirs from `mark_invalid`).
     fn fill_zones(&mut self) {
-        let (codes, confidences): (Vec<u8>, Vec<f64>) = self
-            .fingerprints
-            .chunks_exact(FINGERPRINT_DIM)
-            .map(|fp| {
-                let (zone, confidence) = zone_of(fp.try_into().expect("rows of 20"));
-                (zone as u8, f64::from(confidence))
-            })
-            .unzip();
-        self.zone = Some(codes);
-        if self.manifold_confidence.is_none() {
-            self.manifold_confidence = Some(confidences);
+        let n = self.rows();
+        let zones = self.zone.get_or_insert_with(|| vec![NULL_CODE; n]);
+        let confidences = self
+            .manifold_confidence
+            .get_or_insert_with(|| vec![f64::NAN; n]);
+        for (row, fp) in self.fingerprints.chunks_exact(FINGERPRINT_DIM).enumerate() {
+            if zones[row] != NULL_CODE || fp.iter().any(|v| !v.is_finite()) {
+                continue;
+            }
+            let (zone, confidence) = zone_of(fp.try_into().expect("rows of 20"));
+            zones[row] = zone as u8;
+            if confidences[row].is_nan() {
+                confidences[row] = f64::from(confidence);
+            }
         }
     }
 }

@@ -77,6 +77,8 @@ pub fn export_schema() -> SchemaRef {
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             false,
         ),
+        // Not a seed column: the vector breaks its layout's rules (docs/store.md).
+        Field::new("invalid", DataType::Boolean, false),
     ]))
 }
 
@@ -100,6 +102,8 @@ struct Encoder {
     schema: SchemaRef,
     props: WriterProperties,
     files: BTreeMap<i64, DayFile>,
+    /// Day folders this export made, removed again if it fails.
+    created: Vec<PathBuf>,
 }
 
 impl Encoder {
@@ -107,6 +111,9 @@ impl Encoder {
         if !self.files.contains_key(&day) {
             let name = format_day(day * MICROS_PER_DAY);
             let folder = self.dir.join(format!("day={name}"));
+            if !folder.exists() {
+                self.created.push(folder.clone());
+            }
             fs::create_dir_all(&folder)?;
             let path = folder.join("part-0.parquet");
             let tmp = folder.join(".part-0.parquet.tmp");
@@ -133,9 +140,13 @@ impl Encoder {
         file.writer.write(&batch).map_err(parquet_error)
     }
 
+    /// After a failure: the partial files, and the day folders this export created.
     fn remove_partial_files(&self) {
         for file in self.files.values() {
             let _ = fs::remove_file(&file.tmp);
+        }
+        for folder in &self.created {
+            let _ = fs::remove_dir(folder); // only if empty: an earlier export's files stay
         }
     }
 
@@ -150,13 +161,20 @@ impl Encoder {
     }
 }
 
-/// Refuses to mix a new export with an old one unless asked to replace it.
+/// Refuses to mix a new export with an old one unless asked to replace it. A day folder
+/// without a Parquet file (left by a failed export, or made by hand) is no export.
 fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
     fs::create_dir_all(dir)?;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("day=") {
+        if !name.starts_with("day=") || !entry.path().is_dir() {
+            continue;
+        }
+        let holds_parquet = fs::read_dir(entry.path())?
+            .filter_map(|f| f.ok())
+            .any(|f| f.path().extension().is_some_and(|e| e == "parquet"));
+        if !holds_parquet {
             continue;
         }
         if !overwrite {
@@ -304,13 +322,17 @@ pub fn export_parquet(
         schema: export_schema(),
         props: writer_properties(),
         files: BTreeMap::new(),
+        created: Vec::new(),
     };
     let read_so_far = AtomicU64::new(0);
     let (to_encoder, chunks) = crossbeam_channel::bounded::<(i64, ExportRows)>(8);
     let (read, encoded) = std::thread::scope(|scope| {
         let encoding = scope.spawn(move || -> Result<Encoder> {
             for (day, rows) in chunks {
-                encoder.write(day, rows)?;
+                if let Err(e) = encoder.write(day, rows) {
+                    encoder.remove_partial_files();
+                    return Err(e);
+                }
             }
             Ok(encoder)
         });

@@ -6,14 +6,18 @@ use std::sync::Arc;
 use arrow_array::builder::{
     Float32Builder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
 };
-use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, Int32Array, Int64Array};
+use arrow_array::{
+    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Int32Array, Int64Array,
+};
 use arrow_array::{RecordBatch, TimestampMicrosecondArray};
 use arrow_schema::SchemaRef;
 use rusqlite::{Connection, Row};
 
 use super::batch::{MAX_STEP, STEP_BITS, THINK_PHASES};
 use super::export::fingerprint_field;
-use super::read::{CREATED_COLUMN, RequestNames, SELECT_COLUMNS, Values, decode_fingerprint};
+use super::read::{
+    CREATED_COLUMN, INVALID_COLUMN, RequestNames, SELECT_COLUMNS, Values, decode_fingerprint,
+};
 use super::schema::SPARSE_COLUMNS;
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
@@ -111,6 +115,7 @@ pub struct ExportRows {
     layout: Vec<i32>,
     model_id: StringBuilder,
     created_us: Vec<i64>,
+    invalid: Vec<bool>,
 }
 
 impl ExportRows {
@@ -137,6 +142,7 @@ impl ExportRows {
             layout: Vec::new(),
             model_id: StringBuilder::new(),
             created_us: Vec::new(),
+            invalid: Vec::new(),
         }
     }
 
@@ -210,6 +216,7 @@ impl ExportRows {
             .int(CREATED_COLUMN)?
             .ok_or_else(|| v.wrong(CREATED_COLUMN, "a time"))?;
         self.created_us.push(created);
+        self.invalid.push(v.flag(INVALID_COLUMN)?);
         self.len += 1;
         Ok(())
     }
@@ -277,6 +284,7 @@ impl ExportRows {
             Arc::new(Int32Array::from(self.layout)),
             Arc::new(self.model_id.finish()),
             Arc::new(TimestampMicrosecondArray::from(self.created_us).with_timezone("UTC")),
+            Arc::new(BooleanArray::from(self.invalid)),
         ];
         RecordBatch::try_new(schema.clone(), columns)
             .map_err(|e| CoreError::Store(format!("building an Arrow batch: {e}")))

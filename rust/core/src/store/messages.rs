@@ -5,14 +5,23 @@
 //! without one gets its request's next step (1 for the first, as the server counts). Known
 //! metadata keys become columns; `manifold` gives zone, confidence, cluster id and
 //! probability; other keys are ignored. Each message is accepted whole or refused with an error
-//! naming it and the field at fault. Decoding runs here rather than in Python because it is
-//! the sidecar's hot path (one message per generated token).
+//! naming it and the field at fault; its vector must be one of its layout (`vectors.rs`).
+//! Decoding runs here rather than in Python because it is the sidecar's hot path (one message
+//! per generated token).
+//!
+//! Why the JSON is read with hand-written serde visitors instead of into `serde_json::Value`:
+//! a `Value` tree costs about eight times the JSON's size (every number a 32-byte enum, every
+//! object a map of owned keys), which took the sidecar from 69 MB to 634 MB on a 50 MB body.
+//! Here unknown keys are skipped without allocating, numbers land in flat vectors, and each
+//! message of a body becomes its compact row while the body is still being read.
 
 use std::collections::HashMap;
+use std::fmt;
 
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::batch::{Batch, ListColumn, MAX_STEP, NULL_CODE, THINK_PHASES, TextColumn};
+use super::vectors;
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
 use crate::layout::Layout;
@@ -21,12 +30,13 @@ use crate::zone::Zone;
 /// Auto-step counters kept at most, per decoder; beyond it they restart (a bound on memory).
 const MAX_TRACKED_REQUESTS: usize = 1 << 20;
 
-/// One checked message, before steps are assigned.
+/// One checked message, before its layout default and steps are applied.
 struct Row {
     request_id: String,
     step: Option<i64>,
     vector: [f32; FINGERPRINT_DIM],
-    layout: Layout,
+    /// `None`: the message named no layout; the decoder's (or the body's) default applies.
+    layout: Option<Layout>,
     fields: Vec<(Field, FieldValue)>,
 }
 
@@ -88,20 +98,521 @@ fn bad(msg: String) -> CoreError {
     CoreError::Invalid(msg)
 }
 
-fn as_i64(v: &Value, name: &str) -> Result<i64> {
-    v.as_i64()
-        .filter(|_| !v.is_boolean())
-        .ok_or_else(|| bad(format!("{name} must be a 64-bit integer, got {v}")))
+// --- compact JSON values --------------------------------------------------------------------
+
+/// A JSON number: integer literals that fit i64 stay integers.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i64),
+    Float(f64),
 }
 
-fn as_f64(v: &Value, name: &str) -> Result<f64> {
-    // serde_json numbers are finite: JSON has no NaN or infinity.
-    v.as_f64()
-        .ok_or_else(|| bad(format!("{name} must be a number, got {v}")))
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
 }
 
-fn as_f32(v: &Value, name: &str) -> Result<f32> {
-    let x = as_f64(v, name)?;
+impl fmt::Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Num::Int(i) => write!(f, "{i}"),
+            Num::Float(x) => write!(
+                f,
+                "{}",
+                serde_json::Number::from_f64(*x).map_or(x.to_string(), |n| n.to_string())
+            ),
+        }
+    }
+}
+
+/// A JSON value as the decoder needs it: scalars, flat lists of numbers, and only the kind of
+/// anything else (its contents are skipped unread).
+#[derive(Debug)]
+enum Loose {
+    Null,
+    Bool(bool),
+    Num(Num),
+    Str(String),
+    Nums(Vec<Num>),
+    /// A list holding something that is not a number: where, and what it was.
+    List {
+        at: usize,
+        kind: &'static str,
+    },
+    Object,
+}
+
+impl Loose {
+    fn kind(&self) -> &'static str {
+        match self {
+            Loose::Null => "null",
+            Loose::Bool(_) => "a boolean",
+            Loose::Num(_) => "a number",
+            Loose::Str(_) => "a string",
+            Loose::Nums(_) | Loose::List { .. } => "a list",
+            Loose::Object => "an object",
+        }
+    }
+}
+
+impl fmt::Display for Loose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loose::Null => write!(f, "null"),
+            Loose::Bool(b) => write!(f, "{b}"),
+            Loose::Num(n) => write!(f, "{n}"),
+            Loose::Str(s) => write!(f, "{}", serde_json::Value::from(s.as_str())),
+            other => write!(f, "{}", other.kind()),
+        }
+    }
+}
+
+/// Reads any JSON value as a `Loose`.
+struct LooseVisitor;
+
+impl<'de> Visitor<'de> for LooseVisitor {
+    type Value = Loose;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Loose, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Loose, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Loose, E> {
+        Ok(Loose::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Loose, E> {
+        Ok(Loose::Num(Num::Int(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Loose, E> {
+        Ok(Loose::Num(
+            i64::try_from(v).map_or(Num::Float(v as f64), Num::Int),
+        ))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Loose, E> {
+        Ok(Loose::Num(Num::Float(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Loose, E> {
+        Ok(Loose::Str(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Loose, E> {
+        Ok(Loose::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Loose, A::Error> {
+        let mut nums = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element_seed(LooseSeed)? {
+            match item {
+                Loose::Num(n) => nums.push(n),
+                other => {
+                    let (at, kind) = (nums.len(), other.kind());
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    return Ok(Loose::List { at, kind });
+                }
+            }
+        }
+        Ok(Loose::Nums(nums))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Loose, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Loose::Object)
+    }
+}
+
+struct LooseSeed;
+
+impl<'de> DeserializeSeed<'de> for LooseSeed {
+    type Value = Loose;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Loose, D::Error> {
+        d.deserialize_any(LooseVisitor)
+    }
+}
+
+/// An object's known keys (`names`) as `Loose` values; other keys are skipped. A later
+/// duplicate key wins, as in JSON parsers that build maps.
+struct Known<'n> {
+    names: &'n [&'static str],
+}
+
+/// What an object-valued field turned out to be.
+enum Object {
+    Fields(Vec<(&'static str, Loose)>),
+    /// Not an object: its kind (`null` counts as absent).
+    Not(Loose),
+}
+
+impl Object {
+    fn get(&self, name: &str) -> Option<&Loose> {
+        match self {
+            Object::Fields(f) => f.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v),
+            Object::Not(_) => None,
+        }
+    }
+}
+
+/// A key, matched against the known names without allocating.
+struct KeySeed<'n> {
+    names: &'n [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<&'static str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        struct V<'n>(&'n [&'static str]);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = Option<&'static str>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(self.0.iter().find(|n| **n == v).copied())
+            }
+        }
+        d.deserialize_str(V(self.names))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Known<'_> {
+    type Value = Object;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Object, D::Error> {
+        struct V<'n>(&'n [&'static str]);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = Object;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Object, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key_seed(KeySeed { names: self.0 })? {
+                    match key {
+                        Some(name) => fields.push((name, map.next_value_seed(LooseSeed)?)),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Object::Fields(fields))
+            }
+            // Anything else: what it was, for the error message.
+            fn visit_unit<E>(self) -> std::result::Result<Object, E> {
+                Ok(Object::Not(Loose::Null))
+            }
+            fn visit_bool<E>(self, v: bool) -> std::result::Result<Object, E> {
+                Ok(Object::Not(Loose::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Object, E> {
+                Ok(Object::Not(Loose::Num(Num::Int(v))))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Object, E> {
+                Ok(Object::Not(Loose::Num(Num::Float(v as f64))))
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<Object, E> {
+                Ok(Object::Not(Loose::Num(Num::Float(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Object, E> {
+                Ok(Object::Not(Loose::Str(v.to_owned())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Object, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Object::Not(Loose::List {
+                    at: 0,
+                    kind: "a list",
+                }))
+            }
+        }
+        d.deserialize_any(V(self.names))
+    }
+}
+
+const MESSAGE_KEYS: [&str; 6] = [
+    "request_id",
+    "vector",
+    "step",
+    "layout",
+    "metadata",
+    "manifold",
+];
+/// The keys read from `metadata` and `manifold` (one list: both are read with it).
+const OBJECT_KEYS: [&str; 18] = [
+    "token_id",
+    "token_text",
+    "think_phase",
+    "session_id",
+    "model_id",
+    "segment_idx",
+    "sink_token_mass",
+    "top_k_positions",
+    "top_k_scores",
+    "capture_layer_ids",
+    "router_entropy",
+    "expert_load_balance",
+    "top_expert_ids",
+    "step",
+    "zone",
+    "confidence",
+    "cluster_id",
+    "cluster_probability",
+];
+
+/// One message, read: its top-level fields and its two objects.
+struct Message {
+    top: Object,
+    metadata: Option<Object>,
+    manifold: Option<Object>,
+}
+
+/// Reads one message (any JSON value; only an object is a message) and checks it.
+struct MessageSeed;
+
+impl<'de> DeserializeSeed<'de> for MessageSeed {
+    type Value = Result<Row>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Result<Row>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Result<Row>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Result<Row>, A::Error> {
+                let mut top = Vec::new();
+                let (mut metadata, mut manifold) = (None, None);
+                while let Some(key) = map.next_key_seed(KeySeed {
+                    names: &MESSAGE_KEYS,
+                })? {
+                    match key {
+                        Some("metadata") => {
+                            metadata = Some(map.next_value_seed(Known {
+                                names: &OBJECT_KEYS,
+                            })?)
+                        }
+                        Some("manifold") => {
+                            manifold = Some(map.next_value_seed(Known {
+                                names: &OBJECT_KEYS,
+                            })?)
+                        }
+                        Some(name) => top.push((name, map.next_value_seed(LooseSeed)?)),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(check(Message {
+                    top: Object::Fields(top),
+                    metadata,
+                    manifold,
+                }))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Result<Row>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Err(not_object("a list")))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Result<Row>, E> {
+                Ok(Err(not_object("null")))
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Result<Row>, E> {
+                Ok(Err(not_object("a boolean")))
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Result<Row>, E> {
+                Ok(Err(not_object("a number")))
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Result<Row>, E> {
+                Ok(Err(not_object("a number")))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Result<Row>, E> {
+                Ok(Err(not_object("a number")))
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Result<Row>, E> {
+                Ok(Err(not_object("a string")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn not_object(kind: &str) -> CoreError {
+    bad(format!("a message must be a JSON object, got {kind}"))
+}
+
+/// A list of messages, each checked as soon as it is read.
+struct MessagesSeed;
+
+impl<'de> Visitor<'de> for MessagesSeed {
+    type Value = Vec<Result<Row>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of messages")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(row) = seq.next_element_seed(MessageSeed)? {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}
+
+/// A request body: the list, or `{"fingerprints": [...], "layout": ...}`, or something else.
+enum Body {
+    Messages(Vec<Result<Row>>, Option<Loose>),
+    Not(&'static str),
+}
+
+struct BodySeed;
+
+impl<'de> DeserializeSeed<'de> for BodySeed {
+    type Value = Body;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Body, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Body;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a body")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Body, A::Error> {
+                Ok(Body::Messages(MessagesSeed.visit_seq(seq)?, None))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Body, A::Error> {
+                let (mut rows, mut layout) = (None, None);
+                let mut other = None;
+                while let Some(key) = map.next_key_seed(KeySeed {
+                    names: &["fingerprints", "layout"],
+                })? {
+                    match key {
+                        Some("fingerprints") => match map.next_value_seed(ListOrNot)? {
+                            Some(r) => rows = Some(r),
+                            None => other = Some("fingerprints is not a list"),
+                        },
+                        Some(_) => layout = Some(map.next_value_seed(LooseSeed)?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(match (rows, other) {
+                    (Some(rows), None) => Body::Messages(rows, layout),
+                    _ => Body::Not("an object without a \"fingerprints\" list"),
+                })
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Body, E> {
+                Ok(Body::Not("null"))
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Body, E> {
+                Ok(Body::Not("a boolean"))
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Body, E> {
+                Ok(Body::Not("a number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Body, E> {
+                Ok(Body::Not("a number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Body, E> {
+                Ok(Body::Not("a number"))
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Body, E> {
+                Ok(Body::Not("a string"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `fingerprints` value of a body object: the messages, or `None` if not a list.
+struct ListOrNot;
+
+impl<'de> DeserializeSeed<'de> for ListOrNot {
+    type Value = Option<Vec<Result<Row>>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        match d.deserialize_any(LooseOrMessages)? {
+            Either::Messages(rows) => Ok(Some(rows)),
+            Either::Other => Ok(None),
+        }
+    }
+}
+
+enum Either {
+    Messages(Vec<Result<Row>>),
+    Other,
+}
+
+struct LooseOrMessages;
+
+impl<'de> Visitor<'de> for LooseOrMessages {
+    type Value = Either;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of messages")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Either, A::Error> {
+        Ok(Either::Messages(MessagesSeed.visit_seq(seq)?))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Either, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Either::Other)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Either, E> {
+        Ok(Either::Other)
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Either, E> {
+        Ok(Either::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Either, E> {
+        Ok(Either::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Either, E> {
+        Ok(Either::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Either, E> {
+        Ok(Either::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Either, E> {
+        Ok(Either::Other)
+    }
+}
+
+fn decode_error(e: serde_json::Error, what: &str) -> CoreError {
+    CoreError::Decode(format!("{what} is not valid JSON: {e}"))
+}
+
+// --- checking a message ----------------------------------------------------------------------
+
+fn as_i64(v: &Loose, name: &str) -> Result<i64> {
+    match v {
+        Loose::Num(Num::Int(i)) => Ok(*i),
+        _ => Err(bad(format!("{name} must be a 64-bit integer, got {v}"))),
+    }
+}
+
+fn as_f64(v: &Loose, name: &str) -> Result<f64> {
+    // JSON numbers are finite: JSON has no NaN or infinity.
+    match v {
+        Loose::Num(n) => Ok(n.as_f64()),
+        _ => Err(bad(format!("{name} must be a number, got {v}"))),
+    }
+}
+
+fn to_f32(x: f64, name: &str) -> Result<f32> {
     let y = x as f32;
     if y.is_finite() {
         Ok(y)
@@ -110,12 +621,22 @@ fn as_f32(v: &Value, name: &str) -> Result<f32> {
     }
 }
 
-fn as_str<'a>(v: &'a Value, name: &str) -> Result<&'a str> {
-    v.as_str()
-        .ok_or_else(|| bad(format!("{name} must be a string, got {v}")))
+fn as_str<'a>(v: &'a Loose, name: &str) -> Result<&'a str> {
+    match v {
+        Loose::Str(s) => Ok(s),
+        _ => Err(bad(format!("{name} must be a string, got {v}"))),
+    }
 }
 
-fn field_value(field: Field, name: &str, v: &Value) -> Result<FieldValue> {
+fn numbers<'a>(v: &'a Loose, name: &str, what: &str) -> Result<&'a [Num]> {
+    match v {
+        Loose::Nums(n) => Ok(n),
+        Loose::List { at, kind } => Err(bad(format!("{name}[{at}] must be a number, got {kind}"))),
+        _ => Err(bad(format!("{name} must be a list of {what}"))),
+    }
+}
+
+fn field_value(field: Field, name: &str, v: &Loose) -> Result<FieldValue> {
     Ok(match field {
         Field::TokenId | Field::SegmentIdx | Field::ClusterId => FieldValue::Int(as_i64(v, name)?),
         Field::SinkTokenMass
@@ -147,99 +668,92 @@ fn field_value(field: Field, name: &str, v: &Value) -> Result<FieldValue> {
             })?;
             FieldValue::Code(*zone as u8)
         }
-        Field::TopKScores => {
-            let items = v
-                .as_array()
-                .ok_or_else(|| bad(format!("{name} must be a list of numbers")))?;
-            FieldValue::Floats(
-                items
-                    .iter()
-                    .map(|x| as_f32(x, name))
-                    .collect::<Result<_>>()?,
-            )
-        }
-        Field::TopKPositions | Field::CaptureLayerIds | Field::TopExpertIds => {
-            let items = v
-                .as_array()
-                .ok_or_else(|| bad(format!("{name} must be a list of integers")))?;
-            FieldValue::Ints(
-                items
-                    .iter()
-                    .map(|x| {
-                        x.as_i64()
-                            .and_then(|i| i32::try_from(i).ok())
-                            .ok_or_else(|| {
-                                bad(format!("{name} must hold 32-bit integers, got {x}"))
-                            })
-                    })
-                    .collect::<Result<_>>()?,
-            )
-        }
+        Field::TopKScores => FieldValue::Floats(
+            numbers(v, name, "numbers")?
+                .iter()
+                .map(|x| to_f32(x.as_f64(), name))
+                .collect::<Result<_>>()?,
+        ),
+        Field::TopKPositions | Field::CaptureLayerIds | Field::TopExpertIds => FieldValue::Ints(
+            numbers(v, name, "integers")?
+                .iter()
+                .map(|x| {
+                    match x {
+                        Num::Int(i) => i32::try_from(*i).ok(),
+                        Num::Float(_) => None,
+                    }
+                    .ok_or_else(|| bad(format!("{name} must hold 32-bit integers, got {x}")))
+                })
+                .collect::<Result<_>>()?,
+        ),
     })
 }
 
-fn object<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Map<String, Value>>> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(o)) => Ok(Some(o)),
-        Some(other) => Err(bad(format!("{key} must be a JSON object, got {other}"))),
+fn object_fields<'a>(o: Option<&'a Object>, key: &str) -> Result<Option<&'a Object>> {
+    match o {
+        None | Some(Object::Not(Loose::Null)) => Ok(None),
+        Some(Object::Not(other)) => Err(bad(format!(
+            "{key} must be a JSON object, got {}",
+            other.kind()
+        ))),
+        Some(fields) => Ok(Some(fields)),
     }
 }
 
-fn check(message: &Value, default_layout: Layout) -> Result<Row> {
-    let m = message.as_object().ok_or_else(|| {
-        bad(format!(
-            "a message must be a JSON object, got {}",
-            kind(message)
-        ))
-    })?;
-    let request_id = match m.get("request_id") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+fn check(m: Message) -> Result<Row> {
+    let request_id = match m.top.get("request_id") {
+        Some(Loose::Str(s)) if !s.is_empty() => s.clone(),
         _ => return Err(bad("request_id must be a non-empty string".into())),
     };
-    let vector = match m.get("vector") {
-        Some(Value::Array(items)) if items.len() == FINGERPRINT_DIM => {
+    let vector = match m.top.get("vector") {
+        Some(Loose::Nums(items)) if items.len() == FINGERPRINT_DIM => {
             let mut out = [0f32; FINGERPRINT_DIM];
             for (i, (dst, x)) in out.iter_mut().zip(items).enumerate() {
-                *dst = as_f32(x, &format!("vector[{i}]"))?;
+                *dst = to_f32(x.as_f64(), &format!("vector[{i}]"))?;
             }
             out
         }
-        Some(Value::Array(items)) => {
+        Some(Loose::Nums(items)) => {
             return Err(bad(format!(
                 "vector must be a list of {FINGERPRINT_DIM} numbers, got {}",
                 items.len()
             )));
         }
+        Some(Loose::List { at, kind }) => {
+            return Err(bad(format!("vector[{at}] must be a number, got {kind}")));
+        }
         other => {
             return Err(bad(format!(
                 "vector must be a list of {FINGERPRINT_DIM} numbers, got {}",
-                other.map_or("nothing", kind)
+                other.map_or("nothing", Loose::kind)
             )));
         }
     };
-    let metadata = object(m, "metadata")?;
-    let manifold = object(m, "manifold")?;
+    let metadata = object_fields(m.metadata.as_ref(), "metadata")?;
+    let manifold = object_fields(m.manifold.as_ref(), "manifold")?;
     let step = match m
+        .top
         .get("step")
         .or_else(|| metadata.and_then(|md| md.get("step")))
     {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let step = v.as_i64().filter(|s| (0..=MAX_STEP).contains(s));
-            Some(step.filter(|_| !v.is_boolean()).ok_or_else(|| {
-                bad(format!(
+        None | Some(Loose::Null) => None,
+        Some(v) => match v {
+            Loose::Num(Num::Int(s)) if (0..=MAX_STEP).contains(s) => Some(*s),
+            _ => {
+                return Err(bad(format!(
                     "step must be an integer from 0 to {MAX_STEP}, got {v}"
-                ))
-            })?)
-        }
+                )));
+            }
+        },
     };
-    let layout = match m.get("layout") {
-        None | Some(Value::Null) => default_layout,
-        Some(Value::String(s)) => Layout::from_name(s)?,
-        Some(v) => match v.as_u64().and_then(|c| u32::try_from(c).ok()) {
-            Some(code) => Layout::from_code(code)?,
-            None => return Err(bad(format!("layout must be a name or a code, got {v}"))),
+    let layout = match m.top.get("layout") {
+        None | Some(Loose::Null) => None,
+        Some(Loose::Str(s)) => Some(Layout::from_name(s)?),
+        Some(v) => match v {
+            Loose::Num(Num::Int(c)) if u32::try_from(*c).is_ok() => {
+                Some(Layout::from_code(*c as u32)?)
+            }
+            _ => return Err(bad(format!("layout must be a name or a code, got {v}"))),
         },
     };
     let mut fields = Vec::new();
@@ -250,7 +764,7 @@ fn check(message: &Value, default_layout: Layout) -> Result<Row> {
         let Some(source) = source else { continue };
         for &(name, field) in table {
             match source.get(name) {
-                None | Some(Value::Null) => {}
+                None | Some(Loose::Null) => {}
                 Some(v) => fields.push((field, field_value(field, name, v)?)),
             }
         }
@@ -262,17 +776,6 @@ fn check(message: &Value, default_layout: Layout) -> Result<Row> {
         layout,
         fields,
     })
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Columns of one layout's batch, grown message by message. A column appears when its first
@@ -433,7 +936,7 @@ impl Builder {
 pub struct Decoded {
     pub batches: Vec<Batch>,
     /// `(index of the message, what was wrong)`.
-    pub errors: Vec<(usize, String)>,
+    pub errors: Vec<(usize, CoreError)>,
 }
 
 /// Decodes messages; keeps each request's next step for messages that carry none.
@@ -457,78 +960,106 @@ impl MessageDecoder {
         let checked: Vec<Result<Row>> = messages
             .iter()
             .map(|raw| {
-                let value: Value =
-                    serde_json::from_slice(raw).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-                check(&value, self.default_layout)
+                let mut de = serde_json::Deserializer::from_slice(raw);
+                MessageSeed
+                    .deserialize(&mut de)
+                    .and_then(|row| de.end().map(|()| row))
+                    .map_err(|e| decode_error(e, "the message"))?
             })
             .collect();
-        self.assemble(checked, all_or_nothing)
+        self.assemble(checked, self.default_layout, all_or_nothing)
+    }
+
+    /// Decodes one message, or returns its error (`Decode` if it is not JSON).
+    pub fn decode_one(&mut self, raw: &[u8]) -> Result<Decoded> {
+        let mut out = self.decode_raw(&[raw], true);
+        match out.errors.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Decodes a request body: a JSON list of messages or `{"fingerprints": [...], "layout":
-    /// ...}` (the layout applies to messages without their own). All or nothing.
+    /// ...}` (the layout applies to messages without their own). All or nothing. A body that
+    /// is not JSON is a `Decode` error; one of the wrong shape, `Invalid`.
     pub fn decode_body(&mut self, body: &[u8]) -> Result<Decoded> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| bad(format!("body is not valid JSON: {e}")))?;
-        let (items, layout) = match &value {
-            Value::Array(items) => (items, self.default_layout),
-            Value::Object(m) => match m.get("fingerprints") {
-                Some(Value::Array(items)) => {
-                    let layout = match m.get("layout") {
-                        Some(Value::String(s)) => Layout::from_name(s)?,
-                        Some(v) if !v.is_null() => {
-                            return Err(bad(format!("layout must be a name, got {v}")));
-                        }
-                        _ => self.default_layout,
-                    };
-                    (items, layout)
-                }
-                _ => {
-                    return Err(bad(
-                        "body must be a list of messages or {\"fingerprints\": [...]}".into(),
-                    ));
-                }
-            },
-            _ => {
-                return Err(bad(
-                    "body must be a list of messages or {\"fingerprints\": [...]}".into(),
-                ));
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = BodySeed
+            .deserialize(&mut de)
+            .and_then(|b| de.end().map(|()| b))
+            .map_err(|e| decode_error(e, "the body"))?;
+        let (checked, layout) = match parsed {
+            Body::Messages(rows, layout) => (rows, layout),
+            Body::Not(kind) => {
+                return Err(bad(format!(
+                    "the body must be a list of messages or {{\"fingerprints\": [...]}}, got {kind}"
+                )));
             }
         };
-        let checked = items.iter().map(|v| check(v, layout)).collect();
-        Ok(self.assemble(checked, true))
+        let layout = match layout {
+            None | Some(Loose::Null) => self.default_layout,
+            Some(Loose::Str(s)) => Layout::from_name(&s)?,
+            Some(v) => return Err(bad(format!("layout must be a name, got {v}"))),
+        };
+        Ok(self.assemble(checked, layout, true))
     }
 
-    fn assemble(&mut self, checked: Vec<Result<Row>>, all_or_nothing: bool) -> Decoded {
+    fn assemble(
+        &mut self,
+        checked: Vec<Result<Row>>,
+        default_layout: Layout,
+        all_or_nothing: bool,
+    ) -> Decoded {
         let mut out = Decoded::default();
+        if self.next_step.len() > MAX_TRACKED_REQUESTS {
+            self.next_step.clear();
+        }
+        // Steps given to messages without one, applied to the decoder only if kept.
+        let mut next: HashMap<String, i64> = HashMap::new();
         let mut rows = Vec::with_capacity(checked.len());
         for (i, row) in checked.into_iter().enumerate() {
-            match row {
+            let result = row.and_then(|row| {
+                let layout = row.layout.unwrap_or(default_layout);
+                if let Some(problem) = vectors::problem(layout, &row.vector) {
+                    return Err(bad(format!(
+                        "vector is not a {} vector: it {problem}",
+                        layout.name()
+                    )));
+                }
+                let step = match row.step {
+                    Some(s) => s,
+                    None => next
+                        .get(&row.request_id)
+                        .or_else(|| self.next_step.get(&row.request_id))
+                        .copied()
+                        .unwrap_or(1),
+                };
+                if step > MAX_STEP {
+                    return Err(bad(format!(
+                        "the message has no step, and its request's next one ({step}) is past \
+                         the last possible step {MAX_STEP}"
+                    )));
+                }
+                next.insert(row.request_id.clone(), step + 1);
+                Ok((row, layout, step))
+            });
+            match result {
                 Ok(row) => rows.push(row),
-                Err(e) => out.errors.push((i, e.to_string())),
+                Err(e) => out.errors.push((i, e)),
             }
         }
         if all_or_nothing && !out.errors.is_empty() {
             return out;
         }
-        if self.next_step.len() > MAX_TRACKED_REQUESTS {
-            self.next_step.clear();
-        }
+        self.next_step.extend(next);
         let mut builders: Vec<(Layout, Builder)> = Vec::new();
-        for row in rows {
-            let step = match row.step {
-                Some(s) => s,
-                None => self.next_step.get(&row.request_id).copied().unwrap_or(1),
-            };
-            // A missing step after the last possible one stays out of range and is refused
-            // by the batch check, naming the row.
-            self.next_step.insert(row.request_id.clone(), step + 1);
-            let at = match builders.iter().position(|(l, _)| *l == row.layout) {
+        for (row, layout, step) in rows {
+            let at = match builders.iter().position(|(l, _)| *l == layout) {
                 Some(at) => at,
                 None => {
                     let mut builder = Builder::default();
-                    builder.batch.layout = row.layout;
-                    builders.push((row.layout, builder));
+                    builder.batch.layout = layout;
+                    builders.push((layout, builder));
                     builders.len() - 1
                 }
             };
@@ -591,7 +1122,7 @@ mod tests {
             let out = d.decode_raw(&[raw.as_bytes()], true);
             assert!(out.batches.is_empty());
             assert!(
-                out.errors[0].1.contains(expected),
+                out.errors[0].1.to_string().contains(expected),
                 "{raw}: {:?}",
                 out.errors
             );
@@ -601,6 +1132,103 @@ mod tests {
             ",0".repeat(19)
         );
         let out = d.decode_raw(&[big.as_bytes()], true);
-        assert!(out.errors[0].1.contains("does not fit a float32"));
+        assert!(
+            out.errors[0]
+                .1
+                .to_string()
+                .contains("does not fit a float32")
+        );
+    }
+
+    /// A v1 fingerprint: masses and histogram each sum to 1.
+    fn v1_msg(extra: &str) -> String {
+        let mut v = vec!["0"; 20];
+        v[0] = "1";
+        v[4] = "1";
+        format!(
+            r#"{{"request_id": "r", "vector": [{}]{extra}}}"#,
+            v.join(",")
+        )
+    }
+
+    #[test]
+    fn a_bad_message_is_refused_alone() {
+        let mut d = MessageDecoder::new(Layout::V1);
+        let good = v1_msg("");
+        let not_v1 = msg(r#", "step": 5"#);
+        let broken = v1_msg(r#", "metadata": {"token_id": "x"}"#);
+        let raw: Vec<&[u8]> = vec![good.as_bytes(), not_v1.as_bytes(), b"{", broken.as_bytes()];
+        let out = d.decode_raw(&raw, false);
+        assert_eq!(out.batches.iter().map(Batch::rows).sum::<usize>(), 1);
+        let errors: Vec<(usize, String)> = out
+            .errors
+            .iter()
+            .map(|(i, e)| (*i, e.to_string()))
+            .collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].0 == 1 && errors[0].1.contains("is not a v1 vector: it has masses"));
+        assert!(errors[1].0 == 2 && errors[1].1.contains("not valid JSON"));
+        assert!(
+            errors[2].0 == 3
+                && errors[2]
+                    .1
+                    .contains("token_id must be a 64-bit integer, got \"x\"")
+        );
+        // The SGLang layout has its own rules: the same vector is one of those.
+        let tagged = msg(r#", "layout": "sglang""#);
+        assert!(d.decode_raw(&[tagged.as_bytes()], false).errors.is_empty());
+    }
+
+    #[test]
+    fn steps_past_the_last_are_refused_per_message() {
+        let mut d = MessageDecoder::new(Layout::V1);
+        let last = v1_msg(&format!(r#", "step": {MAX_STEP}"#));
+        let next = v1_msg("");
+        let other = v1_msg("").replace(r#""r""#, r#""q""#);
+        let raw: Vec<&[u8]> = vec![last.as_bytes(), next.as_bytes(), other.as_bytes()];
+        let out = d.decode_raw(&raw, false);
+        assert_eq!(out.errors.len(), 1);
+        assert!(out.errors[0].0 == 1);
+        assert!(
+            out.errors[0]
+                .1
+                .to_string()
+                .contains("past the last possible step")
+        );
+        assert_eq!(out.batches[0].steps, vec![MAX_STEP, 1]);
+    }
+
+    #[test]
+    fn bodies_are_all_or_nothing_and_name_their_shape() {
+        let mut d = MessageDecoder::new(Layout::V1);
+        let good = v1_msg("");
+        let body = format!("[{good}, {good}]");
+        assert_eq!(
+            d.decode_body(body.as_bytes()).unwrap().batches[0].steps,
+            vec![1, 2]
+        );
+        let other = msg("").replace(r#""r""#, r#""s""#);
+        let body = format!(r#"{{"layout": "sglang", "fingerprints": [{other}]}}"#);
+        assert_eq!(
+            d.decode_body(body.as_bytes()).unwrap().batches[0].layout,
+            Layout::Sglang
+        );
+        let mixed = format!("[{good}, {}]", msg(""));
+        let out = d.decode_body(mixed.as_bytes()).unwrap();
+        assert!(out.batches.is_empty() && out.errors[0].0 == 1);
+        // The steps of a refused body are not taken.
+        let out = d.decode_body(format!("[{good}]").as_bytes()).unwrap();
+        assert_eq!(out.batches[0].steps, vec![3]);
+        assert!(matches!(d.decode_body(b"[{"), Err(CoreError::Decode(_))));
+        for (body, expected) in [
+            ("5", "got a number"),
+            (r#"{"rows": []}"#, "without a \"fingerprints\" list"),
+            (r#"{"fingerprints": 3}"#, "without a \"fingerprints\" list"),
+        ] {
+            match d.decode_body(body.as_bytes()) {
+                Err(CoreError::Invalid(m)) => assert!(m.contains(expected), "{body}: {m}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! written by a background thread, read with plain queries. Design notes: docs/store.md.
 
 pub mod batch;
+pub mod checks;
 mod connection;
 pub mod export;
 mod export_rows;
@@ -12,6 +13,8 @@ pub mod read;
 pub mod schema;
 mod summary;
 pub mod time;
+mod triggers;
+pub mod vectors;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -30,7 +33,42 @@ pub use rusqlite::types::Value as SqlValue;
 
 use crate::error::{CoreError, Result};
 use queue::RowBudget;
+pub use schema::Opened;
+pub use writer::Written;
 use writer::{Message, WriterCounters};
+
+/// What a tracked append gives back: the batch's outcome, once its transaction committed.
+pub struct Ticket {
+    outcome: crossbeam_channel::Receiver<Result<Written>>,
+    rows: usize,
+}
+
+impl Ticket {
+    /// Waits for the commit. An error means none of the batch's rows were stored.
+    pub fn wait(&self) -> Result<Written> {
+        self.outcome.recv().unwrap_or_else(|_| {
+            Err(CoreError::Store(
+                "the store's writer stopped before this batch was committed".into(),
+            ))
+        })
+    }
+
+    /// The outcome if the batch is committed already, without waiting.
+    pub fn try_wait(&self) -> Option<Result<Written>> {
+        match self.outcome.try_recv() {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Err(CoreError::Store(
+                "the store's writer stopped before this batch was committed".into(),
+            ))),
+        }
+    }
+
+    /// Rows in the batch (0 for an empty one, whose ticket is answered at once).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
 
 /// What this handle has done, for `stats()`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -51,7 +89,7 @@ pub struct Store {
     counters: Arc<WriterCounters>,
     /// Queries run here; `None` once closed, so that close() releases every connection.
     reader: Mutex<Option<Connection>>,
-    migrated_rows: u64,
+    opened: Opened,
 }
 
 impl Store {
@@ -59,7 +97,7 @@ impl Store {
     /// schema is converted in place, in one transaction.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store> {
         let mut conn = connection::open(path, &opts)?;
-        let migrated_rows = schema::ensure_schema(&mut conn)?;
+        let opened = schema::ensure_schema(&mut conn, &path.display().to_string(), opts.init)?;
         conn.execute_batch(connection::READ_PRAGMAS)?;
         let budget = Arc::new(RowBudget::new(opts.max_queued_rows));
         let counters = Arc::new(WriterCounters::default());
@@ -71,7 +109,7 @@ impl Store {
             budget,
             counters,
             reader: Mutex::new(Some(conn)),
-            migrated_rows,
+            opened,
         })
     }
 
@@ -79,9 +117,9 @@ impl Store {
         &self.path
     }
 
-    /// Rows taken over from a seed database when it was opened.
-    pub fn migrated_rows(&self) -> u64 {
-        self.migrated_rows
+    /// What opening did: rows taken over from a seed database, rows quarantined, an upgrade.
+    pub fn opened(&self) -> Opened {
+        self.opened
     }
 
     fn closed(&self) -> CoreError {
@@ -90,8 +128,41 @@ impl Store {
 
     /// Checks a batch and queues it for the writer, waiting while the queue is full. Returns
     /// the number of rows queued. Rows are durable once a later `flush` returns.
-    pub fn append(&self, mut batch: Batch) -> Result<usize> {
+    pub fn append(&self, batch: Batch) -> Result<usize> {
+        self.queue(batch, None)
+    }
+
+    /// As `append`, and the ticket tells what became of the batch once it is committed: rows
+    /// stored and rows refused as duplicates.
+    pub fn append_tracked(&self, mut batch: Batch) -> Result<Ticket> {
         batch.validate(time::now_us())?;
+        self.queue_tracked(batch)
+    }
+
+    fn queue_tracked(&self, batch: Batch) -> Result<Ticket> {
+        let (reply, outcome) = crossbeam_channel::bounded(1);
+        let rows = self.queue_valid(batch, Some(reply.clone()))?;
+        if rows == 0 {
+            let _ = reply.send(Ok(Written::default()));
+        }
+        Ok(Ticket { outcome, rows })
+    }
+
+    fn queue(
+        &self,
+        mut batch: Batch,
+        reply: Option<crossbeam_channel::Sender<Result<Written>>>,
+    ) -> Result<usize> {
+        batch.validate(time::now_us())?;
+        self.queue_valid(batch, reply)
+    }
+
+    /// Queues a batch that `validate` passed.
+    fn queue_valid(
+        &self,
+        batch: Batch,
+        reply: Option<crossbeam_channel::Sender<Result<Written>>>,
+    ) -> Result<usize> {
         let rows = batch.rows();
         if rows == 0 {
             return Ok(0);
@@ -99,7 +170,7 @@ impl Store {
         let sender = self.sender.read().unwrap_or_else(|e| e.into_inner());
         let sender = sender.as_ref().ok_or_else(|| self.closed())?;
         self.budget.acquire(rows);
-        if sender.send(Message::Rows(Box::new(batch))).is_err() {
+        if sender.send(Message::Rows(Box::new(batch), reply)).is_err() {
             self.budget.release(rows);
             return Err(self.writer_stopped());
         }
@@ -114,13 +185,18 @@ impl Store {
         ))
     }
 
-    /// Appends the batches of decoded messages; returns the rows queued.
-    pub fn append_decoded(&self, decoded: messages::Decoded) -> Result<usize> {
-        decoded
-            .batches
+    /// Appends the batches of decoded messages, tracked; all are checked before any is
+    /// queued, so a refused batch leaves nothing queued.
+    pub fn append_decoded(&self, decoded: messages::Decoded) -> Result<Vec<Ticket>> {
+        let mut batches = decoded.batches;
+        let now = time::now_us();
+        for batch in &mut batches {
+            batch.validate(now)?;
+        }
+        batches
             .into_iter()
-            .map(|batch| self.append(batch))
-            .sum()
+            .map(|batch| self.queue_tracked(batch))
+            .collect()
     }
 
     /// Returns once every row appended before the call is committed (the acknowledgement),
@@ -176,6 +252,11 @@ impl Store {
 
     pub fn read(&self, q: &Query) -> Result<Rows> {
         self.with_reader(|conn| read::read(conn, q))
+    }
+
+    /// Rows matching `q`'s filters (its limit and order aside).
+    pub fn count(&self, q: &Query) -> Result<u64> {
+        self.with_reader(|conn| read::count(conn, q))
     }
 
     /// Runs one read-only SQL statement with positional parameters; returns the column names

@@ -61,6 +61,9 @@ pub struct StoreOptions {
     /// Rows appended but not yet written, at most; `append` waits beyond it (back-pressure).
     pub max_queued_rows: usize,
     pub on_duplicate: DuplicatePolicy,
+    /// Add attnfast's tables to an SQLite database that holds other tables; without it such a
+    /// database is refused and left as it is.
+    pub init: bool,
 }
 
 impl Default for StoreOptions {
@@ -70,6 +73,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(60),
             max_queued_rows: 1 << 18,
             on_duplicate: DuplicatePolicy::Skip,
+            init: false,
         }
     }
 }

@@ -51,6 +51,7 @@ pub struct Rows {
     pub layout: Vec<u32>,
     pub model_id: Vec<Option<String>>,
     pub created_us: Vec<i64>,
+    pub invalid: Vec<bool>,
 }
 
 impl Rows {
@@ -68,9 +69,11 @@ pub const SELECT_COLUMNS: &str = "f.id, f.session_id, f.token_id, f.token_text, 
     f.segment_idx, f.fingerprint, f.zone, f.manifold_confidence, f.cluster_id, \
     f.cluster_probability, f.router_entropy, f.expert_load_balance, f.sink_token_mass, \
     f.top_k_positions, f.top_k_scores, f.capture_layer_ids, f.top_expert_ids, f.layout, \
-    f.model_id, f.created_us";
+    f.model_id, f.created_us, f.invalid";
 /// Index of `created_us` in `SELECT_COLUMNS`.
 pub const CREATED_COLUMN: usize = 20;
+/// Index of `invalid` in `SELECT_COLUMNS`.
+pub const INVALID_COLUMN: usize = 21;
 
 /// Typed access to one row's values, without rusqlite's per-call conversions. A value of
 /// the wrong type (written by another tool) is an error naming the row and column.
@@ -135,6 +138,10 @@ impl Values<'_, '_> {
         }
     }
 
+    pub(super) fn flag(&self, i: usize) -> Result<bool> {
+        Ok(self.int(i)?.ok_or_else(|| self.wrong(i, "0 or 1"))? != 0)
+    }
+
     pub(super) fn blob(&self, i: usize) -> Result<Option<&[u8]>> {
         match self.value(i) {
             ValueRef::Null => Ok(None),
@@ -193,6 +200,7 @@ impl Rows {
         self.model_id.push(v.text(19)?);
         let created = v.int(20)?.ok_or_else(|| v.wrong(20, "a time"))?;
         self.created_us.push(created);
+        self.invalid.push(v.flag(INVALID_COLUMN)?);
         Ok(())
     }
 }
@@ -270,13 +278,8 @@ pub fn candidate_ids(conn: &Connection, q: &Query) -> Result<Option<(i64, i64)>>
     Ok((lo <= hi).then_some((lo, hi)))
 }
 
-/// Runs a query. Parameterised SQL only: filters become `?` placeholders. Rows come in id
-/// order: grouped by request (in the order requests first arrived), steps ascending.
-pub fn read(conn: &Connection, q: &Query) -> Result<Rows> {
-    let mut out = Rows::default();
-    let Some((lo, hi)) = candidate_ids(conn, q)? else {
-        return Ok(out);
-    };
+/// The WHERE clause of `q`'s filters over ids `lo..=hi`, with its parameters.
+fn conditions(q: &Query, lo: i64, hi: i64) -> (String, Vec<Box<dyn ToSql>>) {
     let mut conditions: Vec<&str> = vec!["f.id BETWEEN ? AND ?"];
     let mut params: Vec<Box<dyn ToSql>> = vec![Box::new(lo), Box::new(hi)];
     if let Some(v) = q.since_us {
@@ -299,10 +302,34 @@ pub fn read(conn: &Connection, q: &Query) -> Result<Rows> {
         conditions.push("f.layout = ?");
         params.push(Box::new(v));
     }
+    (conditions.join(" AND "), params)
+}
+
+/// Rows matching `q`'s filters, its limit aside.
+pub fn count(conn: &Connection, q: &Query) -> Result<u64> {
+    let Some((lo, hi)) = candidate_ids(conn, q)? else {
+        return Ok(0);
+    };
+    let (filter, params) = conditions(q, lo, hi);
+    let n: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM af_fingerprints f WHERE {filter}"),
+        rusqlite::params_from_iter(params.iter()),
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}
+
+/// Runs a query. Parameterised SQL only: filters become `?` placeholders. Rows come in id
+/// order: grouped by request (in the order requests first arrived), steps ascending.
+pub fn read(conn: &Connection, q: &Query) -> Result<Rows> {
+    let mut out = Rows::default();
+    let Some((lo, hi)) = candidate_ids(conn, q)? else {
+        return Ok(out);
+    };
+    let (filter, mut params) = conditions(q, lo, hi);
     let direction = if q.newest_first { "DESC" } else { "ASC" };
     let mut sql = format!(
-        "SELECT {SELECT_COLUMNS} FROM af_fingerprints f WHERE {} ORDER BY f.id {direction}",
-        conditions.join(" AND ")
+        "SELECT {SELECT_COLUMNS} FROM af_fingerprints f WHERE {filter} ORDER BY f.id {direction}"
     );
     if let Some(limit) = q.limit {
         sql += " LIMIT ?";

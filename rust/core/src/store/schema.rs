@@ -1,8 +1,14 @@
-//! Creating the schema, and taking over databases made with the seed's own `schema.sql`.
+//! Creating the schema, upgrading earlier attnfast databases, and taking over databases made
+//! with the seed's own `schema.sql`. All of it runs in one transaction: all or nothing.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use super::checks::{SEED_ROW, STORED_ROW, first_problem};
+use super::time::now_us;
+use super::{summary, triggers, vectors};
 use crate::error::{CoreError, Result};
+use crate::layout::Layout;
 
 /// Optional columns that are often NULL everywhere. `af_meta` gets a `has:<column>` row once
 /// one of them holds a value (by the writer, the view's trigger or an update trigger);
@@ -23,16 +29,28 @@ pub const SPARSE_COLUMNS: [&str; 13] = [
     "model_id",
 ];
 
-/// The whole schema; every statement is idempotent.
+/// The tables and views; every statement is idempotent.
 pub const SCHEMA_SQL: &str = include_str!("schema.sql");
 
 /// The physical schema this version writes. A database from a newer attnfast is refused
-/// rather than written with rules this version does not know.
-pub const STORE_SCHEMA: i64 = 1;
+/// rather than written with rules this version does not know. 2 added the `invalid` flag,
+/// the per-request stats behind `request_summary`, and update and delete through the view.
+pub const STORE_SCHEMA: i64 = 2;
+
+/// What opening found, besides the row counts in `af_meta`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Opened {
+    /// Rows taken over from a seed database.
+    pub migrated_rows: u64,
+    /// Rows an earlier attnfast let in that no reader can read, moved to `af_quarantine`.
+    pub quarantined_rows: u64,
+    /// An upgrade from an earlier physical schema ran.
+    pub upgraded_from: Option<i64>,
+}
 
 /// Turns a seed database (`fingerprints` is a table with the per-row trigger) into the
-/// attnfast layout, in the same transaction as the schema script: all or nothing. Rows get
-/// attnfast ids (prototypes follow); `request_summary` and the other seed tables are kept.
+/// attnfast layout. Rows get attnfast ids (prototypes follow); `request_summary` and the
+/// other seed tables are kept.
 const MIGRATE_SEED_SQL: &str = "
 DROP TRIGGER IF EXISTS update_request_summary_on_insert;
 DROP VIEW IF EXISTS recent_fingerprints;
@@ -76,19 +94,29 @@ UPDATE prototypes SET fingerprint_id = (
     WHERE s.id = prototypes.fingerprint_id)
 WHERE fingerprint_id IN (SELECT id FROM af_seed_fingerprints);
 
+DROP TABLE af_seed_fingerprints;
+";
+
+/// The hourly and daily counts, hourly id ranges and store-wide counters, from the rows.
+const RECOUNT_SQL: &str = "
+DELETE FROM af_hour_ids;
+DELETE FROM af_zone_hourly;
+DELETE FROM af_cluster_daily;
+DELETE FROM af_meta WHERE key LIKE 'rows_layout:%' OR key LIKE 'has:%';
 INSERT INTO af_hour_ids (hour, min_id, max_id)
 SELECT created_us / 3600000000, min(id), max(id) FROM af_fingerprints GROUP BY 1;
-
 INSERT INTO af_zone_hourly (hour, zone, count, confidence_sum, confidence_count)
 SELECT created_us / 3600000000, zone, count(*), total(manifold_confidence),
        count(manifold_confidence)
 FROM af_fingerprints WHERE zone IS NOT NULL GROUP BY 1, 2;
-
 INSERT INTO af_cluster_daily (day, cluster_id, count)
 SELECT created_us / 86400000000, cluster_id, count(*)
-FROM af_fingerprints WHERE cluster_id IS NOT NULL GROUP BY 1, 2;
-
-DROP TABLE af_seed_fingerprints;
+FROM af_fingerprints WHERE cluster_id >= 0 GROUP BY 1, 2;
+INSERT INTO af_meta (key, value) SELECT 'rows_layout:' || layout, count(*)
+FROM af_fingerprints GROUP BY layout;
+INSERT OR REPLACE INTO af_meta (key, value) VALUES
+    ('rows', (SELECT count(*) FROM af_fingerprints)),
+    ('invalid_rows', (SELECT count(*) FROM af_fingerprints WHERE invalid));
 ";
 
 fn object_type(conn: &Connection, name: &str) -> Result<Option<String>> {
@@ -101,60 +129,214 @@ fn object_type(conn: &Connection, name: &str) -> Result<Option<String>> {
         .optional()?)
 }
 
-/// Creates or checks the schema. Returns the number of rows taken over from a seed database
-/// (0 when there was none).
-pub fn ensure_schema(conn: &mut Connection) -> Result<u64> {
+/// What kind of database a file holds.
+enum Kind {
+    /// No tables at all: a new or empty file.
+    Empty,
+    Attnfast(i64),
+    Seed,
+    /// Someone else's database: its table names.
+    Other(Vec<String>),
+}
+
+fn kind(conn: &Connection) -> Result<Kind> {
+    if object_type(conn, "af_meta")?.is_some() {
+        let version: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM af_meta WHERE key = 'store_schema'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        return Ok(Kind::Attnfast(version.unwrap_or(1)));
+    }
+    if object_type(conn, "fingerprints")?.as_deref() == Some("table") {
+        return Ok(Kind::Seed);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         ORDER BY name",
+    )?;
+    let tables = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(if tables.is_empty() {
+        Kind::Empty
+    } else {
+        Kind::Other(tables)
+    })
+}
+
+/// Creates, upgrades or converts the schema. `init` allows adding attnfast's tables to a
+/// database that holds other tables.
+pub fn ensure_schema(conn: &mut Connection, path: &str, init: bool) -> Result<Opened> {
+    // Every count is kept explicitly below; the seed's session trigger and attnfast's own
+    // must not fire on the rows this moves.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    let result = ensure_schema_inner(conn, path, init);
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+    result
+}
+
+fn ensure_schema_inner(conn: &mut Connection, path: &str, init: bool) -> Result<Opened> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let seed = object_type(&tx, "fingerprints")?.as_deref() == Some("table");
-    let mut migrated = 0;
-    if seed {
-        migrated = tx.query_row("SELECT count(*) FROM fingerprints", [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64;
-        let out_of_range: i64 = tx.query_row(
-            "SELECT count(*) FROM fingerprints WHERE step < 0 OR step > 16777215",
-            [],
-            |r| r.get(0),
-        )?;
-        if out_of_range > 0 {
+    let mut opened = Opened::default();
+    let found = kind(&tx)?;
+    match &found {
+        Kind::Other(tables) if !init => {
+            let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+            let more = if tables.len() > 5 { ", ..." } else { "" };
             return Err(CoreError::Store(format!(
-                "cannot convert this seed database: {out_of_range} row(s) have a step outside \
-                 0..16777215; nothing was changed"
+                "{path} is an SQLite database but not a fingerprint database (it has the \
+                 tables {}{more}); attnfast leaves it as it is. Use another file, or add \
+                 attnfast's tables to it on purpose with `attnfast init --db {path}`",
+                shown.join(", ")
             )));
         }
-        tx.execute_batch(MIGRATE_SEED_SQL)?;
-    }
-    tx.execute_batch(SCHEMA_SQL)?;
-    if seed {
-        tx.execute_batch(COPY_SEED_ROWS_SQL)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO af_meta (key, value) VALUES ('migrated_seed_rows', ?1), \
-             ('rows', ?1)",
-            [migrated as i64],
-        )?;
-        for column in SPARSE_COLUMNS {
-            // Column names come from the constant above, never from input.
-            tx.execute(
-                &format!(
-                    "INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:{column}', 1 \
-                     WHERE EXISTS (SELECT 1 FROM af_fingerprints WHERE {column} IS NOT NULL)"
-                ),
-                [],
+        Kind::Attnfast(v) if *v > STORE_SCHEMA => {
+            return Err(CoreError::Store(format!(
+                "{path} has attnfast store schema {v}; this attnfast ({}) writes schema \
+                 {STORE_SCHEMA}: upgrade attnfast to open it",
+                crate::VERSION
+            )));
+        }
+        Kind::Seed => {
+            check_seed_rows(&tx, path)?;
+            opened.migrated_rows = tx.query_row("SELECT count(*) FROM fingerprints", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64;
+            tx.execute_batch(MIGRATE_SEED_SQL)?;
+        }
+        Kind::Attnfast(v) if *v < STORE_SCHEMA => {
+            opened.upgraded_from = Some(*v);
+            tx.execute_batch(&triggers::drop_all())?;
+            tx.execute_batch(
+                "ALTER TABLE af_fingerprints ADD COLUMN invalid INTEGER NOT NULL DEFAULT 0;",
             )?;
         }
+        _ => {}
     }
-    let version: i64 = tx.query_row(
-        "SELECT value FROM af_meta WHERE key = 'store_schema'",
-        [],
-        |r| r.get(0),
+    tx.execute_batch(SCHEMA_SQL)?;
+    tx.execute_batch(&vectors::byte_table_sql())?;
+    match found {
+        Kind::Seed => {
+            tx.execute_batch(COPY_SEED_ROWS_SQL)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO af_meta (key, value) VALUES ('migrated_seed_rows', ?1)",
+                [opened.migrated_rows as i64],
+            )?;
+            rebuild(&tx)?;
+        }
+        Kind::Attnfast(v) if v < STORE_SCHEMA => {
+            opened.quarantined_rows = quarantine(&tx)?;
+            rebuild(&tx)?;
+        }
+        _ => {}
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO af_meta (key, value) VALUES ('store_schema', ?1)",
+        [STORE_SCHEMA],
     )?;
-    if version > STORE_SCHEMA {
-        return Err(CoreError::Store(format!(
-            "this database has attnfast store schema {version}; this attnfast ({}) writes \
-             schema {STORE_SCHEMA}: upgrade attnfast to open it",
-            crate::VERSION
-        )));
-    }
+    tx.execute_batch(&triggers::create_all())?;
     tx.commit()?;
-    Ok(migrated)
+    Ok(opened)
+}
+
+/// Refuses, naming the row and the column, a seed database holding a row that no reader
+/// could read; nothing is changed.
+fn check_seed_rows(tx: &Transaction<'_>, path: &str) -> Result<()> {
+    let bad: Option<(i64, String)> = tx
+        .query_row(
+            &format!(
+                "SELECT id, problem FROM (SELECT id, {} AS problem FROM fingerprints s) \
+                 WHERE problem IS NOT NULL ORDER BY id LIMIT 1",
+                first_problem(SEED_ROW, "s")
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match bad {
+        Some((id, problem)) => Err(CoreError::Store(format!(
+            "cannot convert the seed database {path}: its row id {id} breaks a rule ({problem}); \
+             nothing was changed"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Moves the rows no reader can read to `af_quarantine`; returns how many.
+fn quarantine(tx: &Transaction<'_>) -> Result<u64> {
+    let problem = first_problem(STORED_ROW, "f");
+    let moved = tx.execute(
+        &format!(
+            "INSERT INTO af_quarantine (reason, quarantined_us, request_id, id, session_id,
+                 token_id, token_text, think_phase, segment_idx, fingerprint, zone,
+                 manifold_confidence, cluster_id, cluster_probability, top_expert_ids,
+                 router_entropy, expert_load_balance, top_k_positions, top_k_scores,
+                 sink_token_mass, capture_layer_ids, layout, model_id, created_us)
+             SELECT reason, ?1, (SELECT request_id FROM af_requests WHERE request_key = id >> 24),
+                 id, session_id, token_id, token_text, think_phase, segment_idx, fingerprint,
+                 zone, manifold_confidence, cluster_id, cluster_probability, top_expert_ids,
+                 router_entropy, expert_load_balance, top_k_positions, top_k_scores,
+                 sink_token_mass, capture_layer_ids, layout, model_id, created_us
+             FROM (SELECT f.*, {problem} AS reason FROM af_fingerprints f)
+             WHERE reason IS NOT NULL"
+        ),
+        [now_us()],
+    )?;
+    if moved > 0 {
+        tx.execute(
+            &format!(
+                "DELETE FROM af_fingerprints WHERE {} IS NOT NULL",
+                first_problem(STORED_ROW, "af_fingerprints")
+            ),
+            [],
+        )?;
+    }
+    Ok(moved as u64)
+}
+
+/// Flags the rows whose vectors break their layout's rules, then recounts everything that is
+/// derived from the rows.
+fn rebuild(tx: &Transaction<'_>) -> Result<()> {
+    let mut bad = Vec::new();
+    {
+        let mut stmt = tx.prepare("SELECT id, layout, fingerprint FROM af_fingerprints")?;
+        let mut rows = stmt.query([])?;
+        let mut fp = Vec::with_capacity(20);
+        while let Some(r) = rows.next()? {
+            let blob = r
+                .get_ref(2)?
+                .as_blob()
+                .map_err(|e| CoreError::Store(format!("SQLite: {e}")))?;
+            fp.clear();
+            fp.extend(
+                blob.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            let layout = Layout::from_code(r.get(1)?)?;
+            if vectors::problem(layout, &fp).is_some() {
+                bad.push(r.get::<_, i64>(0)?);
+            }
+        }
+    }
+    let mut flag = tx.prepare(
+        "UPDATE af_fingerprints SET invalid = 1, zone = 3, manifold_confidence = NULL WHERE id = ?1",
+    )?;
+    for id in bad {
+        flag.execute([id])?;
+    }
+    tx.execute_batch(RECOUNT_SQL)?;
+    for column in SPARSE_COLUMNS {
+        // Column names come from the constant above, never from input.
+        tx.execute(
+            &format!(
+                "INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:{column}', 1 \
+                 WHERE EXISTS (SELECT 1 FROM af_fingerprints WHERE {column} IS NOT NULL)"
+            ),
+            [],
+        )?;
+    }
+    summary::rebuild(tx)
 }

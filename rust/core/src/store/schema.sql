@@ -1,7 +1,8 @@
--- attnfast store, physical schema 1. It speaks the seed's schema version 1 through views
+-- attnfast store, physical schema 2. It speaks the seed's schema version 1 through views
 -- (`fingerprints`, `zone_distribution_hourly`, `cluster_growth`, `recent_fingerprints`) and
 -- keeps the seed's other tables as they are. Why the split: see docs/store.md.
--- Every statement is idempotent; `open` runs this file inside one transaction.
+-- Every statement is idempotent; `open` runs this file inside one transaction. The triggers
+-- are generated (`triggers.rs`): they share SQL with the writer and with each other.
 
 -- Text request ids, each stored once. Keys are never reused, so writers may cache them.
 CREATE TABLE IF NOT EXISTS af_requests (
@@ -34,7 +35,10 @@ CREATE TABLE IF NOT EXISTS af_fingerprints (
     capture_layer_ids BLOB,
     layout INTEGER NOT NULL DEFAULT 1,                             -- seed column schema_version
     model_id TEXT,
-    created_us INTEGER NOT NULL                                    -- unix time, microseconds UTC
+    created_us INTEGER NOT NULL,                                   -- unix time, microseconds UTC
+    -- 1: the vector breaks its layout's rules (docs/store.md); such rows were written by the
+    -- seed's tools, which must keep working, and carry zone unknown. Added in schema 2.
+    invalid INTEGER NOT NULL DEFAULT 0
 );
 
 -- A block-range index on time: the smallest and largest id written in each hour. A time
@@ -64,14 +68,92 @@ CREATE TABLE IF NOT EXISTS af_cluster_daily (
 ) WITHOUT ROWID;
 
 -- Store bookkeeping: the physical schema version, rows stored (count(*) scans the table),
--- duplicate rows refused, and one 'has:<column>' row per sparse column that holds a value
--- somewhere (exports skip reading the others: reading a NULL still costs).
+-- rows per layout ('rows_layout:<code>'), rows flagged invalid, duplicate rows refused, and one
+-- 'has:<column>' row per sparse column that holds a value somewhere (exports skip reading the
+-- others: reading a NULL still costs).
 CREATE TABLE IF NOT EXISTS af_meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO af_meta (key, value)
-VALUES ('store_schema', 1), ('duplicates_rejected', 0), ('rows', 0);
+VALUES ('duplicates_rejected', 0), ('rows', 0), ('invalid_rows', 0);
+
+-- What request_summary is derived from, per request: counts and sums that every write path
+-- (the writer, the view's triggers, SQL updates and deletes) adds to and subtracts from, so
+-- that no path rescans a request. The summary's columns are computed from these
+-- (summary.rs: REFRESH). zone3 counts rows whose zone is unknown or NULL.
+CREATE TABLE IF NOT EXISTS af_request_stats (
+    request_key INTEGER PRIMARY KEY,
+    row_count INTEGER NOT NULL DEFAULT 0,
+    think INTEGER NOT NULL DEFAULT 0,
+    output INTEGER NOT NULL DEFAULT 0,
+    zone0 INTEGER NOT NULL DEFAULT 0,
+    zone1 INTEGER NOT NULL DEFAULT 0,
+    zone2 INTEGER NOT NULL DEFAULT 0,
+    zone3 INTEGER NOT NULL DEFAULT 0,
+    measured INTEGER NOT NULL DEFAULT 0,                           -- valid rows, behind the means
+    local_sum REAL NOT NULL DEFAULT 0,
+    long_sum REAL NOT NULL DEFAULT 0,
+    entropy_sum REAL NOT NULL DEFAULT 0,
+    router_count INTEGER NOT NULL DEFAULT 0,
+    router_sum REAL NOT NULL DEFAULT 0,
+    cluster_transitions INTEGER NOT NULL DEFAULT 0,
+    expert_switches INTEGER NOT NULL DEFAULT 0,
+    -- The token texts of the first 500 steps (cut at 500 characters), how many steps that
+    -- is, and the id of the last one: a row added after it extends the preview, one before it
+    -- makes it recomputed.
+    preview TEXT NOT NULL DEFAULT '',
+    preview_rows INTEGER NOT NULL DEFAULT 0,
+    preview_end INTEGER NOT NULL DEFAULT -1
+);
+
+-- How many of a request's rows carry each cluster (>= 0) and each expert id: the dominant
+-- cluster and the count of distinct experts, kept right by additions and subtractions.
+CREATE TABLE IF NOT EXISTS af_request_clusters (
+    request_key INTEGER NOT NULL,
+    cluster_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (request_key, cluster_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS af_request_experts (
+    request_key INTEGER NOT NULL,
+    expert_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (request_key, expert_id)
+) WITHOUT ROWID;
+
+-- 0..4095: triggers cannot use recursive CTEs, so they read the int32 entries of a
+-- top_expert_ids blob (at most 4096) by joining these.
+CREATE TABLE IF NOT EXISTS af_numbers (i INTEGER PRIMARY KEY);
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 4095)
+INSERT OR IGNORE INTO af_numbers (i) SELECT i FROM n;
+
+-- A vector written through the view, decoded once for the triggers that need it (the row's
+-- flag and zone, the request's means), and deleted at once: empty between statements.
+CREATE TABLE IF NOT EXISTS af_decoded (
+    id INTEGER PRIMARY KEY,
+    bad INTEGER NOT NULL,
+    local REAL,
+    long REAL,
+    entropy REAL,
+    rule_zone INTEGER,
+    rule_confidence REAL
+);
+
+-- Rows that an earlier attnfast let in through the seed's view although no reader can read
+-- them (a fingerprint blob of the wrong length, a list blob that is not whole int32s, text
+-- where a number belongs). Opening such a database moves them here, with the reason, so the
+-- rest reads again. Columns untyped: the values are kept exactly as they were.
+CREATE TABLE IF NOT EXISTS af_quarantine (
+    reason TEXT NOT NULL,
+    quarantined_us INTEGER NOT NULL,
+    request_id,
+    id, session_id, token_id, token_text, think_phase, segment_idx, fingerprint, zone,
+    manifold_confidence, cluster_id, cluster_probability, top_expert_ids, router_entropy,
+    expert_load_balance, top_k_positions, top_k_scores, sink_token_mass, capture_layer_ids,
+    layout, model_id, created_us
+);
 
 -- The seed's tables, column for column.
 CREATE TABLE IF NOT EXISTS request_summary (
@@ -264,155 +346,3 @@ SELECT f.id, f.request_id, f.step, f.token_text, f.think_phase, f.manifold_zone,
 FROM fingerprints f LEFT JOIN clusters c ON f.cluster_id = c.cluster_id
 ORDER BY f.created_at DESC
 LIMIT 10000;
-
--- Rows changed with SQL (a discovery job relabelling clusters, a cleanup deleting old rows)
--- keep the hourly and daily counts right. The writer's own inserts maintain them per batch.
-CREATE TRIGGER IF NOT EXISTS af_fingerprints_counts_delete
-AFTER DELETE ON af_fingerprints
-BEGIN
-    UPDATE af_meta SET value = value - 1 WHERE key = 'rows';
-    UPDATE af_zone_hourly
-    SET count = count - 1,
-        confidence_sum = confidence_sum - coalesce(OLD.manifold_confidence, 0),
-        confidence_count = confidence_count - (OLD.manifold_confidence IS NOT NULL)
-    WHERE hour = OLD.created_us / 3600000000 AND zone = OLD.zone;
-    UPDATE af_cluster_daily SET count = count - 1
-    WHERE day = OLD.created_us / 86400000000 AND cluster_id = OLD.cluster_id;
-END;
-
-CREATE TRIGGER IF NOT EXISTS af_fingerprints_counts_update
-AFTER UPDATE OF zone, manifold_confidence, cluster_id, created_us ON af_fingerprints
-BEGIN
-    UPDATE af_zone_hourly
-    SET count = count - 1,
-        confidence_sum = confidence_sum - coalesce(OLD.manifold_confidence, 0),
-        confidence_count = confidence_count - (OLD.manifold_confidence IS NOT NULL)
-    WHERE hour = OLD.created_us / 3600000000 AND zone = OLD.zone;
-    INSERT INTO af_zone_hourly (hour, zone, count, confidence_sum, confidence_count)
-    SELECT NEW.created_us / 3600000000, NEW.zone, 1, coalesce(NEW.manifold_confidence, 0),
-           NEW.manifold_confidence IS NOT NULL
-    WHERE NEW.zone IS NOT NULL
-    ON CONFLICT (hour, zone) DO UPDATE SET
-        count = count + 1,
-        confidence_sum = confidence_sum + excluded.confidence_sum,
-        confidence_count = confidence_count + excluded.confidence_count;
-    UPDATE af_cluster_daily SET count = count - 1
-    WHERE day = OLD.created_us / 86400000000 AND cluster_id = OLD.cluster_id;
-    INSERT INTO af_cluster_daily (day, cluster_id, count)
-    SELECT NEW.created_us / 86400000000, NEW.cluster_id, 1 WHERE NEW.cluster_id IS NOT NULL
-    ON CONFLICT (day, cluster_id) DO UPDATE SET count = count + 1;
-    INSERT INTO af_hour_ids (hour, min_id, max_id)
-    SELECT NEW.created_us / 3600000000, NEW.id, NEW.id WHERE true
-    ON CONFLICT (hour) DO UPDATE SET
-        min_id = min(min_id, excluded.min_id), max_id = max(max_id, excluded.max_id);
-END;
-
--- Sparse columns set with SQL mark themselves too (the list is schema::SPARSE_COLUMNS; the
--- view's trigger below repeats it: SQL triggers cannot share statements).
-CREATE TRIGGER IF NOT EXISTS af_fingerprints_sparse_update
-AFTER UPDATE OF session_id, token_id, token_text, think_phase, cluster_probability, router_entropy, expert_load_balance, sink_token_mass, top_k_positions, top_k_scores, capture_layer_ids, top_expert_ids, model_id ON af_fingerprints
-BEGIN
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:session_id', 1 WHERE NEW.session_id IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_id', 1 WHERE NEW.token_id IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_text', 1 WHERE NEW.token_text IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:think_phase', 1 WHERE NEW.think_phase IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:cluster_probability', 1 WHERE NEW.cluster_probability IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:router_entropy', 1 WHERE NEW.router_entropy IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:expert_load_balance', 1 WHERE NEW.expert_load_balance IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:sink_token_mass', 1 WHERE NEW.sink_token_mass IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_positions', 1 WHERE NEW.top_k_positions IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_scores', 1 WHERE NEW.top_k_scores IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:capture_layer_ids', 1 WHERE NEW.capture_layer_ids IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_expert_ids', 1 WHERE NEW.top_expert_ids IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:model_id', 1 WHERE NEW.model_id IS NOT NULL;
-END;
-
--- Writes through the seed's view (the seed's own sidecar, `INSERT INTO fingerprints`):
--- the row lands in the tables above with the same bookkeeping as the writer's. A repeated
--- (request_id, step) is refused and counted even under INSERT OR REPLACE: never overwritten.
-CREATE TRIGGER IF NOT EXISTS af_fingerprints_insert_through_view
-INSTEAD OF INSERT ON fingerprints
-BEGIN
-    SELECT RAISE(ABORT, 'step must be an integer from 0 to 16777215')
-    WHERE typeof(NEW.step) != 'integer' OR NEW.step < 0 OR NEW.step > 16777215;
-    SELECT RAISE(ABORT, 'think_phase must be think, output, unknown or NULL')
-    WHERE NEW.think_phase IS NOT NULL AND NEW.think_phase NOT IN ('think', 'output', 'unknown');
-    SELECT RAISE(ABORT, 'manifold_zone must be syntax_floor, semantic_bridge, structure_ripple, unknown or NULL')
-    WHERE NEW.manifold_zone IS NOT NULL AND NEW.manifold_zone NOT IN
-        ('syntax_floor', 'semantic_bridge', 'structure_ripple', 'unknown');
-    -- No statement here may meet a conflict: an outer INSERT OR REPLACE would turn it into a
-    -- replace. So the request row is added only when missing, and duplicates RAISE(IGNORE).
-    INSERT INTO af_requests (request_id) SELECT NEW.request_id
-    WHERE NOT EXISTS (SELECT 1 FROM af_requests WHERE request_id = NEW.request_id);
-    UPDATE af_meta SET value = value + 1
-    WHERE key = 'duplicates_rejected' AND EXISTS (
-        SELECT 1 FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
-            FROM af_requests WHERE request_id = NEW.request_id));
-    SELECT RAISE(IGNORE) WHERE EXISTS (
-        SELECT 1 FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
-            FROM af_requests WHERE request_id = NEW.request_id));
-    INSERT INTO af_fingerprints (
-        id, session_id, token_id, token_text, think_phase, segment_idx,
-        fingerprint, zone, manifold_confidence, cluster_id, cluster_probability,
-        top_expert_ids, router_entropy, expert_load_balance, top_k_positions, top_k_scores,
-        sink_token_mass, capture_layer_ids, layout, model_id, created_us)
-    VALUES (
-        (SELECT request_key * 16777216 + NEW.step FROM af_requests
-            WHERE request_id = NEW.request_id),
-        NEW.session_id, NEW.token_id, NEW.token_text,
-        CASE NEW.think_phase WHEN 'think' THEN 0 WHEN 'output' THEN 1 WHEN 'unknown' THEN 2 END,
-        coalesce(NEW.segment_idx, 0), NEW.fingerprint,
-        CASE NEW.manifold_zone WHEN 'syntax_floor' THEN 0 WHEN 'semantic_bridge' THEN 1
-            WHEN 'structure_ripple' THEN 2 WHEN 'unknown' THEN 3 END,
-        NEW.manifold_confidence, coalesce(NEW.cluster_id, -1), NEW.cluster_probability,
-        NEW.top_expert_ids, NEW.router_entropy, NEW.expert_load_balance, NEW.top_k_positions,
-        NEW.top_k_scores, NEW.sink_token_mass, NEW.capture_layer_ids,
-        coalesce(NEW.schema_version, 1), NEW.model_id,
-        -- julianday, not unixepoch(): the seed's tools run on SQLite builds older than 3.38.
-        -- Rounded to the millisecond, which a julianday double holds exactly.
-        CAST(round((julianday(coalesce(NEW.created_at, 'now')) - 2440587.5) * 86400000)
-             AS INTEGER) * 1000);
-    UPDATE af_meta SET value = value + 1 WHERE key = 'rows';
-    INSERT INTO af_hour_ids (hour, min_id, max_id)
-    SELECT created_us / 3600000000, id, id FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
-        FROM af_requests WHERE request_id = NEW.request_id)
-    ON CONFLICT (hour) DO UPDATE SET
-        min_id = min(min_id, excluded.min_id), max_id = max(max_id, excluded.max_id);
-    INSERT INTO af_zone_hourly (hour, zone, count, confidence_sum, confidence_count)
-    SELECT created_us / 3600000000, zone, 1, coalesce(manifold_confidence, 0),
-           manifold_confidence IS NOT NULL
-    FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
-        FROM af_requests WHERE request_id = NEW.request_id) AND zone IS NOT NULL
-    ON CONFLICT (hour, zone) DO UPDATE SET
-        count = count + 1,
-        confidence_sum = confidence_sum + excluded.confidence_sum,
-        confidence_count = confidence_count + excluded.confidence_count;
-    INSERT INTO af_cluster_daily (day, cluster_id, count)
-    SELECT created_us / 86400000000, cluster_id, 1
-    FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
-        FROM af_requests WHERE request_id = NEW.request_id) AND cluster_id IS NOT NULL
-    ON CONFLICT (day, cluster_id) DO UPDATE SET count = count + 1;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:session_id', 1 WHERE NEW.session_id IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_id', 1 WHERE NEW.token_id IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:token_text', 1 WHERE NEW.token_text IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:think_phase', 1 WHERE NEW.think_phase IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:cluster_probability', 1 WHERE NEW.cluster_probability IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:router_entropy', 1 WHERE NEW.router_entropy IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:expert_load_balance', 1 WHERE NEW.expert_load_balance IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:sink_token_mass', 1 WHERE NEW.sink_token_mass IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_positions', 1 WHERE NEW.top_k_positions IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_k_scores', 1 WHERE NEW.top_k_scores IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:capture_layer_ids', 1 WHERE NEW.capture_layer_ids IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:top_expert_ids', 1 WHERE NEW.top_expert_ids IS NOT NULL;
-    INSERT OR IGNORE INTO af_meta (key, value) SELECT 'has:model_id', 1 WHERE NEW.model_id IS NOT NULL;
-    INSERT INTO request_summary (request_id, total_steps, model_id, started_at)
-    SELECT NEW.request_id, 1, model_id,
-           strftime('%Y-%m-%d %H:%M:%S', created_us / 1000000, 'unixepoch')
-    FROM af_fingerprints WHERE id = (SELECT request_key * 16777216 + NEW.step
-        FROM af_requests WHERE request_id = NEW.request_id)
-    ON CONFLICT (request_id) DO UPDATE SET
-        total_steps = total_steps + 1,
-        think_steps = think_steps + (NEW.think_phase IS 'think'),
-        output_steps = output_steps + (NEW.think_phase IS 'output'),
-        finished_at = excluded.started_at;
-END;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, Statement, Transaction, TransactionBehavior};
 
 use super::batch::{Batch, ListColumn, NULL_CODE, TextColumn, row_id};
@@ -17,7 +18,7 @@ use super::connection;
 use super::options::{DuplicatePolicy, StoreOptions};
 use super::queue::RowBudget;
 use super::schema::SPARSE_COLUMNS;
-use super::summary::{Deltas, InsertedRow};
+use super::summary::{Deltas, LastRow, SummaryRow, last_row};
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
 
@@ -28,8 +29,18 @@ const MAX_CACHED_KEYS: usize = 1 << 20;
 /// Duplicate rows named in a `DuplicateStepError` message.
 const DUPLICATES_NAMED: usize = 5;
 
+/// What became of one batch once its transaction committed: rows stored, and rows refused
+/// because their `(request_id, step)` was stored already (the first few named).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub first_duplicates: Vec<(String, i64)>,
+}
+
 pub enum Message {
-    Rows(Box<Batch>),
+    /// A batch, and where to send what became of it (a tracked append).
+    Rows(Box<Batch>, Option<Sender<Result<Written>>>),
     Flush(Sender<Result<()>>),
 }
 
@@ -55,6 +66,9 @@ pub fn spawn(
     counters: Arc<WriterCounters>,
 ) -> Result<WriterThread> {
     let conn = connection::open(path, opts)?;
+    // The writer keeps every count itself, per transaction; the triggers that do the same for
+    // rows written with SQL would cost a trigger program per row here.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
     // Why: checkpoints (copying WAL pages into the database) would otherwise run inside the
     // writer's commits, about a third of its time. A second thread does them concurrently,
     // in PASSIVE mode, which never blocks the writer or readers.
@@ -106,14 +120,16 @@ impl Writer {
     fn run(&mut self, receiver: Receiver<Message>) {
         while let Ok(first) = receiver.recv() {
             let mut batches = Vec::new();
+            let mut replies = Vec::new();
             let mut acks = Vec::new();
             let mut rows = 0;
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 match message {
-                    Message::Rows(batch) => {
+                    Message::Rows(batch, reply) => {
                         rows += batch.rows();
                         batches.push(*batch);
+                        replies.push(reply);
                     }
                     Message::Flush(ack) => acks.push(ack),
                 }
@@ -122,8 +138,13 @@ impl Writer {
                 }
             }
             if !batches.is_empty() {
-                self.write(&batches);
+                let outcomes = self.write(&batches);
                 self.budget.release(rows);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
+                    }
+                }
                 if let Some((due, _)) = &self.checkpoint {
                     let _ = due.try_send(());
                 }
@@ -165,25 +186,34 @@ impl Writer {
     }
 
     /// Writes the batches in one transaction. If that fails, each batch is retried alone so
-    /// that one bad batch cannot take the others down with it.
-    fn write(&mut self, batches: &[Batch]) {
-        if batches.len() > 1 && self.write_transaction(batches).is_ok() {
-            return;
+    /// that one bad batch cannot take the others down with it. Returns what became of each.
+    fn write(&mut self, batches: &[Batch]) -> Vec<Result<Written>> {
+        if batches.len() > 1
+            && let Ok(written) = self.write_transaction(batches)
+        {
+            return written.into_iter().map(Ok).collect();
         }
-        for batch in batches {
-            if let Err(e) = self.write_transaction(std::slice::from_ref(batch)) {
-                self.counters
-                    .failed_rows
-                    .fetch_add(batch.rows() as u64, Ordering::Relaxed);
-                self.error.get_or_insert(CoreError::Store(format!(
-                    "{} row(s) were not stored: {e}",
-                    batch.rows()
-                )));
-            }
-        }
+        batches
+            .iter()
+            .map(|batch| {
+                self.write_transaction(std::slice::from_ref(batch))
+                    .map(|mut w| w.remove(0))
+                    .map_err(|e| {
+                        self.counters
+                            .failed_rows
+                            .fetch_add(batch.rows() as u64, Ordering::Relaxed);
+                        let e = CoreError::Store(format!(
+                            "{} row(s) were not stored: {e}",
+                            batch.rows()
+                        ));
+                        self.error.get_or_insert(e.clone());
+                        e
+                    })
+            })
+            .collect()
     }
 
-    fn write_transaction(&mut self, batches: &[Batch]) -> Result<()> {
+    fn write_transaction(&mut self, batches: &[Batch]) -> Result<Vec<Written>> {
         let result = self.try_write_transaction(batches);
         if result.is_err() {
             // Keys created by the rolled-back transaction no longer exist.
@@ -192,7 +222,7 @@ impl Writer {
         result
     }
 
-    fn try_write_transaction(&mut self, batches: &[Batch]) -> Result<()> {
+    fn try_write_transaction(&mut self, batches: &[Batch]) -> Result<Vec<Written>> {
         if self.keys.len() > MAX_CACHED_KEYS {
             self.keys.clear();
         }
@@ -202,12 +232,30 @@ impl Writer {
         let mut deltas = Deltas::default();
         let mut duplicates = Vec::new();
         let mut written_columns = Vec::new();
-        for batch in batches {
-            let keys = request_keys(&tx, &mut self.keys, &batch.request_ids)?;
-            insert_rows(&tx, batch, &keys, &mut deltas, &mut duplicates)?;
+        let keys = batches
+            .iter()
+            .map(|batch| request_keys(&tx, &mut self.keys, &batch.request_ids))
+            .collect::<Result<Vec<_>>>()?;
+        // Each touched request's last row before this transaction: the summaries extend from
+        // it (see summary.rs).
+        let mut last: HashMap<i64, Option<LastRow>> = HashMap::new();
+        for key in keys.iter().flatten() {
+            if !last.contains_key(key) {
+                last.insert(*key, last_row(&tx, *key)?);
+            }
+        }
+        let mut written = Vec::with_capacity(batches.len());
+        for (batch, keys) in batches.iter().zip(&keys) {
+            let before = (deltas.inserted, deltas.duplicates, duplicates.len());
+            insert_rows(&tx, batch, keys, &mut deltas, &mut duplicates)?;
+            written.push(Written {
+                stored: deltas.inserted - before.0,
+                duplicates: deltas.duplicates - before.1,
+                first_duplicates: duplicates[before.2..].to_vec(),
+            });
             written_columns.extend(optional_columns(batch).into_iter().map(|(name, _)| name));
         }
-        deltas.write(&tx)?;
+        deltas.write(&tx, &last)?;
         mark_sparse_columns(&tx, &written_columns)?;
         tx.commit()?;
         self.counters
@@ -220,7 +268,7 @@ impl Writer {
         self.duplicate_count += deltas.duplicates;
         let room = DUPLICATES_NAMED.saturating_sub(self.duplicates.len());
         self.duplicates.extend(duplicates.into_iter().take(room));
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -266,6 +314,7 @@ enum ColumnRef<'a> {
     Real(&'a [f64]),
     ListI32(&'a ListColumn<i32>),
     ListF32(&'a ListColumn<f32>),
+    Flag(&'a [bool]),
 }
 
 /// The optional columns present in a batch, in the order they are bound after the four
@@ -302,6 +351,7 @@ fn optional_columns(b: &Batch) -> Vec<(&'static str, ColumnRef<'_>)> {
             b.capture_layer_ids.as_ref().map(ListI32),
         ),
         ("top_expert_ids", b.top_expert_ids.as_ref().map(ListI32)),
+        ("invalid", b.invalid.as_deref().map(Flag)),
     ];
     all.into_iter()
         .filter_map(|(name, col)| col.map(|c| (name, c)))
@@ -344,7 +394,7 @@ fn list_blob<T: Copy, const W: usize>(
 }
 
 /// Rows per multi-row `INSERT`: one statement per chunk instead of per row roughly halves
-/// SQLite's per-row overhead. 64 rows of at most 21 columns stay far below SQLite's limit
+/// SQLite's per-row overhead. 64 rows of at most 22 columns stay far below SQLite's limit
 /// on bound parameters.
 const CHUNK_ROWS: usize = 64;
 
@@ -355,11 +405,11 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 /// Inserts a batch: chunks of `CHUNK_ROWS` in one statement each; a chunk that meets a
 /// duplicate (rare) fails as a whole, atomically, and is redone row by row, keeping the first
 /// of each `(request, step)`.
-fn insert_rows(
+fn insert_rows<'b>(
     tx: &Transaction<'_>,
-    b: &Batch,
+    b: &'b Batch,
     keys: &[i64],
-    deltas: &mut Deltas,
+    deltas: &mut Deltas<'b>,
     duplicates: &mut Vec<(String, i64)>,
 ) -> Result<()> {
     let optional = optional_columns(b);
@@ -367,19 +417,23 @@ fn insert_rows(
     let ids: Vec<i64> = (0..b.rows())
         .map(|row| row_id(keys[b.request_index[row] as usize], b.steps[row]))
         .collect();
-    let inserted = |deltas: &mut Deltas, row: usize| {
-        deltas.add(InsertedRow {
+    let inserted = |deltas: &mut Deltas<'b>, row: usize| {
+        deltas.add(SummaryRow {
             id: ids[row],
-            request_id: &b.request_ids[b.request_index[row] as usize],
             phase: b.think_phase.as_ref().and_then(|p| code_null(p[row])),
-            model_id: b.model_id.as_ref().and_then(|m| m.get(row)),
-            created_us: b.created_us[row],
             zone: b.zone.as_ref().and_then(|z| code_null(z[row])),
             confidence: b
                 .manifold_confidence
                 .as_ref()
                 .and_then(|c| nan_null(c[row])),
             cluster_id: b.cluster_id.as_ref().and_then(|c| c[row]),
+            created_us: b.created_us[row],
+            layout: b.layout,
+            invalid: b.invalid.as_ref().is_some_and(|f| f[row]),
+            fingerprint: &b.fingerprints[row * FINGERPRINT_DIM..(row + 1) * FINGERPRINT_DIM],
+            router_entropy: b.router_entropy.as_ref().and_then(|c| nan_null(c[row])),
+            experts: b.top_expert_ids.as_ref().map_or(&[], |c| c.row(row)),
+            token_text: b.token_text.as_ref().and_then(|t| t.get(row)),
         })
     };
     let mut single_rows: Vec<usize> = Vec::new();
@@ -457,6 +511,7 @@ fn bind_optional(
             ColumnRef::ListF32(c) => {
                 stmt.raw_bind_parameter(at, list_blob(c, row, f32::to_le_bytes))?
             }
+            ColumnRef::Flag(c) => stmt.raw_bind_parameter(at, i64::from(c[row]))?,
         }
     }
     Ok(())

@@ -1,0 +1,425 @@
+"""The sidecar next to an inference server: ZMQ PULL of the SGLang explorer's per-step JSON
+messages and an HTTP API (the seed's endpoints and response shapes), both streaming into a
+:class:`~attnfast.FingerprintStore`.
+
+Start it with ``attnfast sidecar --db fingerprints.db --zmq tcp://127.0.0.1:5557 --http
+127.0.0.1:9000``. Decisions (layouts, steps, replies, errors): docs/store.md. Needs the
+``sidecar`` extra (FastAPI, uvicorn, pyzmq).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from attnfast import _core
+from attnfast.exceptions import AttnfastError, InvalidInputError, MissingFileError
+from attnfast.fingerprint import unpack_fingerprints, zone_of
+from attnfast.layout import Layout
+from attnfast.messages import MessageDecoder
+from attnfast.servers.body import read_body
+from attnfast.servers.errors import UnavailableError, status_of
+from attnfast.store import FingerprintStore, Written
+
+MAX_BODY_BYTES = 64 << 20
+# Messages drained from ZMQ per append: large enough to amortise, small enough to keep latency.
+ZMQ_BATCH = 20_000
+# Bodies at least this large hand their freed memory back to the system once handled.
+LARGE_BODY = 1 << 20
+
+
+class Sidecar:
+    """The store, the ZMQ receiver thread and the counters that ``GET /stats`` reports."""
+
+    def __init__(
+        self,
+        store: FingerprintStore,
+        *,
+        zmq_endpoint: str | None = None,
+        zmq_layout: Layout | str = "sglang",
+        discovery_dir: Path | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.store = store
+        self.zmq_endpoint = zmq_endpoint
+        self.zmq_layout = Layout.of(zmq_layout)
+        self.discovery_dir = discovery_dir
+        self.max_body_bytes = max_body_bytes
+        self.started = time.time()
+        self.counters: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._zmq_thread: threading.Thread | None = None
+        self._zmq_ready = threading.Event()
+        self._zmq_error: BaseException | None = None
+
+    def count(self, key: str, n: int = 1, error: str | None = None) -> None:
+        with self._lock:
+            self.counters[key] += n
+            if error is not None:
+                self.last_error = error
+
+    def count_written(self, source: str, written: Written) -> None:
+        """Rows stored and rows refused as duplicates, counted apart."""
+        self.count(f"{source}_rows", written.stored)
+        if written.duplicates:
+            self.count(f"{source}_duplicates", written.duplicates)
+
+    # -- ZMQ ---------------------------------------------------------------------------------
+
+    def start_zmq(self) -> None:
+        """Binds the PULL socket and starts receiving; raises if the bind fails."""
+        if self.zmq_endpoint is None:
+            return
+        self._zmq_thread = threading.Thread(target=self._receive, name="attnfast-zmq", daemon=True)
+        self._zmq_thread.start()
+        self._zmq_ready.wait(10)
+        if self._zmq_error is not None:
+            raise AttnfastError(f"cannot bind ZMQ {self.zmq_endpoint}: {self._zmq_error}")
+
+    def _receive(self) -> None:
+        import zmq
+
+        assert self.zmq_endpoint is not None
+
+        socket_: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PULL)
+        socket_.setsockopt(zmq.LINGER, 0)
+        socket_.setsockopt(zmq.RCVHWM, 1_000_000)
+        try:
+            socket_.bind(self.zmq_endpoint)
+        except zmq.ZMQError as e:
+            self._zmq_error = e
+            self._zmq_ready.set()
+            socket_.close()
+            return
+        self._zmq_ready.set()
+        decoder = MessageDecoder(self.store, self.zmq_layout)
+        poller = zmq.Poller()
+        poller.register(socket_, zmq.POLLIN)
+        # Batches queued but not yet known stored: the receiver goes on while the writer
+        # commits, and counts each batch's outcome once it is known.
+        pending: deque[Any] = deque()
+        try:
+            while not self._stop.is_set():
+                self._settle(pending, wait=False)
+                if not poller.poll(100):
+                    continue
+                raw: list[bytes] = []
+                while len(raw) < ZMQ_BATCH:
+                    try:
+                        raw.append(socket_.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+                self.count("zmq_messages", len(raw))
+                try:
+                    tickets, errors = decoder.submit(raw)
+                except AttnfastError as e:
+                    self.count("zmq_rejected", len(raw), error=f"zmq: {e}")
+                    continue
+                pending.extend(tickets)
+                if errors:
+                    self.count("zmq_rejected", len(errors), error=f"zmq: {errors[-1][1]}")
+        finally:
+            socket_.close()
+            self._settle(pending, wait=True)
+
+    def _settle(self, pending: deque[Any], *, wait: bool) -> None:
+        while pending and (wait or pending[0].done()):
+            ticket = pending.popleft()
+            try:
+                self.count_written("zmq", Written.of(ticket.wait()))
+            except AttnfastError as e:
+                self.count("zmq_failed", ticket.rows, error=f"zmq: {e}")
+
+    def stop(self) -> None:
+        """Stops receiving, then flushes and closes the store (what SIGTERM does)."""
+        self._stop.set()
+        if self._zmq_thread is not None:
+            self._zmq_thread.join(timeout=10)
+        self.store.close()
+
+    def summary(self) -> str:
+        """What the sidecar stored and refused, in one line."""
+        with self._lock:
+            c = Counter(self.counters)
+        written = Written(
+            c["http_rows"] + c["zmq_rows"], c["http_duplicates"] + c["zmq_duplicates"]
+        )
+        refused = c["zmq_rejected"] + sum(n for k, n in c.items() if k[5:].isdigit())
+        return f"{written.summary()}, {refused:,} refused as invalid"
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            counters = dict(self.counters)
+            last_error = self.last_error
+        return {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "counters": counters,
+            "last_error": last_error,
+            "storage": self.store.stats(),
+            "classifier": {"loaded": False, "discovery_dir": _str(self.discovery_dir)},
+        }
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def rule_classification(vector: np.ndarray, layout: Layout) -> dict[str, Any]:
+    """The seed's classification shape, from the zone rules (the discovery classifier is not
+    there yet). Rules apply to v1 vectors only; other layouts classify as unknown."""
+    if layout is not Layout.V1:
+        zone, confidence = "unknown", 0.0
+    else:
+        zones, confidences = zone_of(vector.reshape(1, -1))
+        zone, confidence = str(zones[0]), float(confidences[0])
+    return {
+        "manifold": {
+            "zone": zone,
+            "confidence": confidence,
+            "cluster_id": -1,
+            "cluster_label": None,
+            "cluster_probability": None,
+        },
+        "schema_version": 1,
+        "source": "rules",
+    }
+
+
+def written_reply(written: Written, received: int) -> dict[str, Any]:
+    """What a batch became: ``status`` is ``accepted`` when every row was stored,
+    ``duplicate`` when none was (every one repeated a stored ``(request_id, step)``), and
+    ``partial`` in between."""
+    if written.duplicates == 0:
+        status = "accepted"
+    elif written.stored == 0:
+        status = "duplicate"
+    else:
+        status = "partial"
+    return {
+        "status": status,
+        "received": received,
+        "stored": written.stored,
+        "duplicates": written.duplicates,
+        "duplicate_rows": [list(r) for r in written.duplicate_rows],
+    }
+
+
+def create_app(sidecar: Sidecar) -> Any:
+    """The FastAPI application. Errors are ``{"error": "..."}`` with the status of their class
+    (:mod:`attnfast.servers.errors`): 400 for a body that cannot be read, 413 for one too
+    large, 422 for readable but invalid input, 503 for no classifier."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        sidecar.stop()
+
+    app = FastAPI(title="attnfast sidecar", lifespan=lifespan)
+
+    @app.exception_handler(AttnfastError)
+    async def refused(request: Request, e: AttnfastError) -> JSONResponse:
+        status = status_of(e)
+        sidecar.count(f"http_{status}", error=str(e))
+        return JSONResponse({"error": str(e)}, status_code=status)
+
+    http_decoder = MessageDecoder(sidecar.store, "v1")
+
+    async def body_of(request: Request) -> bytearray:
+        return await read_body(request, sidecar.max_body_bytes)
+
+    def handled(body: bytearray, work: Callable[[], Any]) -> Any:
+        try:
+            return work()
+        finally:
+            if len(body) >= LARGE_BODY:
+                del body[:]
+                _core.release_memory()
+
+    @app.post("/fingerprint")
+    async def post_fingerprint(request: Request) -> Any:
+        body = await body_of(request)
+
+        def store() -> tuple[Written, Any, Layout]:
+            written = http_decoder.write_one(bytes(body))
+            message = json.loads(body)  # it decoded: this cannot fail now
+            vector = np.asarray(message["vector"], dtype=np.float32)
+            return written, vector, Layout.of(message.get("layout") or "v1")
+
+        written, vector, layout = await run_in_threadpool(handled, body, store)
+        sidecar.count_written("http", written)
+        return {
+            "status": "accepted" if written.stored else "duplicate",
+            "stored": written.stored,
+            "duplicates": written.duplicates,
+            "classification": rule_classification(vector, layout),
+        }
+
+    @app.post("/fingerprints")
+    async def post_fingerprints(request: Request) -> Any:
+        if request.headers.get("content-type", "").startswith("application/octet-stream"):
+            return await _binary(request)
+        body = await body_of(request)
+        written = await run_in_threadpool(handled, body, lambda: http_decoder.write_body(body))
+        sidecar.count_written("http", written)
+        return written_reply(written, written.stored + written.duplicates)
+
+    async def _binary(request: Request) -> Any:
+        """Packed rows (80 bytes each, the seed's struct.pack('<20f')); the request id, first
+        step (default 1, then consecutive) and layout come in the query string."""
+        params = request.query_params
+        request_id = params.get("request_id")
+        if not request_id:
+            raise InvalidInputError(
+                "binary bodies need ?request_id=... (and optionally start_step, layout)"
+            )
+        try:
+            start = int(params.get("start_step", "1"))
+        except ValueError:
+            raise InvalidInputError(
+                f"start_step must be an integer, got {params['start_step']!r}"
+            ) from None
+        layout = Layout.of(params.get("layout", "v1"))
+        body = await body_of(request)
+
+        def store() -> Written:
+            fps = unpack_fingerprints(bytes(body))
+            steps = np.arange(start, start + len(fps), dtype=np.int64)
+            return sidecar.store.write(request_id, steps, fps, layout=layout)
+
+        written = await run_in_threadpool(handled, body, store)
+        sidecar.count_written("http", written)
+        return written_reply(written, written.stored + written.duplicates)
+
+    def no_classifier() -> UnavailableError:
+        where = (
+            f"discovery artifacts in {sidecar.discovery_dir} are not loaded"
+            if sidecar.discovery_dir
+            else "no --discovery folder was given"
+        )
+        return UnavailableError(
+            f"classifier unavailable: {where}; the online classifier arrives with the "
+            "discovery job. Zones from the seed's rules come with POST /fingerprint."
+        )
+
+    @app.post("/classify")
+    async def classify() -> Any:
+        raise no_classifier()
+
+    @app.post("/discovery/reload")
+    async def reload() -> Any:
+        raise no_classifier()
+
+    @app.get("/health")
+    def health() -> Any:
+        return {
+            "status": "healthy",
+            "db": str(sidecar.store.path),
+            "zmq": sidecar.zmq_endpoint,
+            "classifier_loaded": False,
+            "schema_version": 1,
+        }
+
+    @app.get("/stats")
+    def stats() -> Any:
+        return sidecar.stats()
+
+    @app.post("/storage/flush")
+    def flush() -> Any:
+        sidecar.store.flush()
+        return {"status": "flushed", "rows": sidecar.store.count()}
+
+    return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or one clear error (the port is in use, the host
+    is not an address of this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        reason = "the port is in use" if e.errno == 98 else e.strerror or str(e)
+        raise AttnfastError(f"cannot listen on http://{host}:{port}: {reason}") from None
+    return sock
+
+
+def serve(
+    db: Path,
+    *,
+    zmq_endpoint: str | None,
+    host: str,
+    port: int,
+    discovery_dir: Path | None = None,
+    zmq_layout: str = "sglang",
+    synchronous: str = "normal",
+    max_body_bytes: int = MAX_BODY_BYTES,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Runs the sidecar until SIGINT or SIGTERM; both flush the store before exiting. Options
+    that cannot work are refused before anything starts; ``say`` hears where it listens and,
+    at the end, what it stored."""
+    import uvicorn
+
+    if max_body_bytes <= 0:
+        raise InvalidInputError(f"the body limit must be positive, got {max_body_bytes} bytes")
+    if discovery_dir is not None and not discovery_dir.is_dir():
+        raise MissingFileError(f"--discovery {discovery_dir}: no such folder")
+    Layout.of(zmq_layout)
+    sock = listen(host, port)
+    created = not db.exists()
+    try:
+        store = FingerprintStore(db, synchronous=synchronous)  # type: ignore[arg-type]
+    except BaseException:
+        sock.close()
+        raise
+    sidecar = Sidecar(
+        store,
+        zmq_endpoint=zmq_endpoint,
+        zmq_layout=zmq_layout,
+        discovery_dir=discovery_dir,
+        max_body_bytes=max_body_bytes,
+    )
+    try:
+        sidecar.start_zmq()
+    except BaseException:
+        sock.close()
+        store.close()
+        if created:  # nothing was stored: leave nothing behind
+            for suffix in ("", "-wal", "-shm"):
+                db.with_name(db.name + suffix).unlink(missing_ok=True)
+        raise
+    bound = sock.getsockname()[1]
+    say(
+        f"attnfast sidecar: listening on http://{host}:{bound}"
+        + (f" and {zmq_endpoint} (ZMQ PULL)" if zmq_endpoint else "")
+        + f", storing into {db}"
+    )
+    config = uvicorn.Config(create_app(sidecar), log_level="warning")
+    # uvicorn shuts down gracefully on SIGTERM (the store is flushed and closed in the app's
+    # lifespan), then re-raises the signal under the handlers it found. This no-op handler
+    # turns that into a normal exit (status 0) once everything is stored.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.Server(config).run(sockets=[sock])
+    say(f"attnfast sidecar: stopped; {sidecar.summary()}; all of it flushed to {db}")
+
+
+__all__ = ["MAX_BODY_BYTES", "Sidecar", "create_app", "rule_classification", "serve"]
