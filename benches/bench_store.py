@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import attnfast  # noqa: E402
+from attnfast.synthetic import fingerprints  # noqa: E402
 from seed_schema import SEED_SCHEMA  # noqa: E402
 from timing import best_time  # noqa: E402
 
@@ -50,9 +51,7 @@ STEPS_PER_REQUEST = 1000
 
 
 def dataset(rows: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    fps = rng.random((rows, 20), dtype=np.float32)
-    fps[:, :3] /= fps[:, :3].sum(axis=1, keepdims=True)  # plausible masses, so zones vary
+    fps = fingerprints(rows)  # v1 fingerprints: the store refuses other vectors
     steps = np.arange(rows, dtype=np.int64) % STEPS_PER_REQUEST + 1
     ids = [f"req-{i // STEPS_PER_REQUEST:07d}" for i in range(rows)]
     return ids, steps, fps

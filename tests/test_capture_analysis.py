@@ -4,13 +4,23 @@ heatmaps, and the pruning simulation."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnfast import CaptureFile, CaptureWriter
-from attnfast.analysis import downsample, replay_eviction, save_heatmap, sentence_attention
+from attnfast.analysis import (
+    POLICIES,
+    downsample,
+    replay_eviction,
+    replay_rows,
+    save_heatmap,
+    sentence_attention,
+)
 from attnfast.analysis.pruning import prune_simulation
 from attnfast.models import ByteTokenizer
 
@@ -51,24 +61,72 @@ def test_eviction_policies_by_hand(tmp_path: Path) -> None:
     ]
     f = write_rows(tmp_path / "e.attn", rows, ["A", "a", "B", "b"])
     s = replay_eviction(f, "streaming", 3, sinks=1)
-    # After step 0: keys {0} + recent {2, 3}; step 1 adds key 4: kept 0.4+0.1+0.2+0.3.
-    # After step 1: {0, 3, 4}; step 2 adds key 5: kept 0.25+0.25+0+0.25.
-    np.testing.assert_allclose(s.kept_share, [1.0, 1.0, 0.75], atol=1e-3)
+    # Step 0: the prompt cut to {0} + the most recent {2, 3}: kept .5+.1+.3. Then each step
+    # leaves room for the next key: {0, 3} + 4 -> .4+.2+.3; {0, 4} + 5 -> .25+0+.25.
+    np.testing.assert_allclose(s.kept_share, [0.9, 0.9, 0.5], atol=1e-3)  # float16 file
+    assert [k.tolist() for k in s.kept] == [[0, 2, 3], [0, 3, 4], [0, 4, 5]]
     t = replay_eviction(f, "tova", 3)
-    # Step 0 drops the least attended of 4: keys 1 and 2 tie, the earlier stays: {0, 1, 3}.
-    # Step 1: cache {0,1,3,4} -> kept .4+0+.2+.3 = .9, key 2's 0.1 was evicted; drops key 1.
-    # Step 2: cache {0,3,4,5} -> 0.25+0.25+0+0.25.
-    np.testing.assert_allclose(t.kept_share, [1.0, 0.9, 0.75], atol=1e-3)
+    # Step 0 keeps the newest key and the two step 0 attends to most (1 and 2 tie: 1 stays);
+    # after it, key 1 (step 0 gave it 0.1, key 0 0.5) goes; after step 1, key 3 (0.2 < 0.4).
+    assert [k.tolist() for k in t.kept] == [[0, 1, 3], [0, 3, 4], [0, 4, 5]]
+    np.testing.assert_allclose(t.kept_share, [0.9, 0.9, 0.5], atol=1e-3)
     h = replay_eviction(f, "h2o", 3, window=1)
-    # Accumulated after step 0: [.5,.1,.1,.3]; keep newest {3} + top2 {0, 1 or 2}: ties keep key 1.
-    # Step 1 cache {0,1,3,4}: kept .4+0+.2+.3 = .9.
-    assert h.kept_share[1] == pytest.approx(0.9, abs=1e-3)
-    assert (h.cache_size <= 3).all()
-    assert (s.cache_size <= 3).all()
+    # Accumulated attention after step 1: [.9, .1, .2, .5, .3]: key 0 outlasts key 3.
+    assert [k.tolist() for k in h.kept] == [[0, 1, 3], [0, 3, 4], [0, 4, 5]]
+    # A window longer than the budget keeps the most recent keys, not the oldest of it.
+    wide = replay_eviction(f, "h2o", 3, window=10)
+    assert [k.tolist() for k in wide.kept] == [[1, 2, 3], [2, 3, 4], [3, 4, 5]]
+    np.testing.assert_allclose(wide.kept_share, [0.5, 0.6, 0.5], atol=1e-3)
+    # SnapKV compresses the prompt at once, even in a capture shorter than its window.
+    snap = replay_eviction(f, "snapkv", 3, observation=2)
+    assert [k.tolist() for k in snap.kept] == [[0, 2, 3], [0, 3, 4], [3, 4, 5]]
+    for r in (s, t, h, wide, snap):
+        assert (r.cache_size <= 3).all()
     with pytest.raises(ValueError, match="policy must be one of"):
         replay_eviction(f, "lru", 3)
     with pytest.raises(ValueError, match="budget must be at least 1"):
         replay_eviction(f, "tova", 0)
+
+
+@st.composite
+def replays(draw: st.DrawFn) -> dict[str, Any]:
+    prompt = draw(st.integers(1, 24))
+    steps = draw(st.integers(1, 16))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    # Sparse rows, with exact ties and zeros, as attention has.
+    rows = [np.round(rng.dirichlet([0.3] * (prompt + t)), 2) for t in range(steps)]
+    prompt_rows = (
+        [rng.dirichlet([0.5] * (q + 1)) for q in range(prompt - 1)] if draw(st.booleans()) else []
+    )
+    return {
+        "rows": rows,
+        "prompt_rows": prompt_rows,
+        "policy": draw(st.sampled_from(POLICIES)),
+        "budget": draw(st.integers(1, 40)),
+        "sinks": draw(st.integers(0, 6)),
+        "window": draw(st.none() | st.integers(1, 50)),
+        "observation": draw(st.integers(1, 12)),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(replays())
+def test_every_policy_keeps_its_budget(case: dict[str, Any]) -> None:
+    rows = case.pop("rows")
+    r = replay_rows(rows, **case)
+    budget = case["budget"]
+    previous: set[int] | None = None
+    for t, (a, kept) in enumerate(zip(rows, r.kept, strict=True)):
+        n = len(a)
+        assert len(kept) == r.cache_size[t] <= budget
+        assert n - 1 in kept  # the newest key is always there
+        assert r.kept_share[t] == pytest.approx(float(np.sum(a[kept])), abs=1e-12)
+        if n <= budget:
+            assert len(kept) == n  # nothing is evicted before the budget is reached
+        if previous is not None:
+            assert set(kept.tolist()) <= previous | {n - 1}  # an evicted key never returns
+        previous = set(kept.tolist())
 
 
 def test_sentence_attention_and_heatmaps(tmp_path: Path) -> None:

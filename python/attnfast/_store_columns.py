@@ -132,9 +132,13 @@ def _lists(value: Any, rows: int, dtype: type, what: str) -> tuple[NDArray[np.in
     items = list(value)
     if len(items) != rows:
         raise ShapeError(f"{what} has {len(items)} rows but steps has {rows}")
-    parts: list[NDArray[Any]] = [
-        np.zeros(0, dtype) if v is None else np.asarray(v, dtype=dtype).reshape(-1) for v in items
-    ]
+    try:
+        parts: list[NDArray[Any]] = [
+            np.zeros(0, dtype) if v is None else np.asarray(v, dtype=dtype).reshape(-1)
+            for v in items
+        ]
+    except (TypeError, ValueError):
+        raise DtypeError(f"{what} must hold numbers (a list of them per row, or None)") from None
     offsets = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=offsets[1:])
     values = np.concatenate(parts) if parts else np.zeros(0, dtype)

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from attnfast import _core
 from attnfast._arrays import attention_array, float32_rows, int64_array
-from attnfast.exceptions import ShapeError
+from attnfast.exceptions import DtypeError, ShapeError
 from attnfast.layout import Layout
 
 #: The 20 field names of a v1 fingerprint, in order.
@@ -109,6 +109,8 @@ def unpack_fingerprints(
     """The ``(T, 20)`` float32 array packed in ``blob``. A blob that is not whole 80-byte rows or
     that holds non-finite values raises :class:`~attnfast.BlobError` rather than being misread."""
     lay = Layout.of(layout)
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise DtypeError(f"a packed blob must be bytes, got {type(blob).__name__}")
     data = blob if isinstance(blob, bytes) else bytes(blob)
     return _core.unpack_fingerprints(data, lay.code)
 

@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from attnfast.exceptions import InvalidInputError
+
+#: What ``save_heatmap`` writes, by the file's suffix.
+FORMATS = (".png", ".svg", ".pdf")
+
 
 def downsample(matrix: NDArray[np.float32], max_rows: int, max_cols: int) -> NDArray[np.float32]:
     """Averages blocks of rows and columns so that the result fits ``max_rows x max_cols``.
@@ -38,8 +43,19 @@ def save_heatmap(
     yticklabels: Sequence[str] | None = None,
     max_cells: tuple[int, int] = (512, 512),
 ) -> Path:
-    """Writes ``matrix`` (rows = y, columns = x) as a PNG; long axes are block-averaged to at
-    most ``max_cells``."""
+    """Writes ``matrix`` (rows = y, columns = x) as a PNG (or SVG, PDF, by the suffix); long
+    axes are block-averaged to at most ``max_cells``. An empty matrix, or one holding nothing
+    finite, is an error rather than an empty picture."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise InvalidInputError(
+            f"{path}: a heatmap is written as {', '.join(FORMATS)}, by the file's suffix"
+        )
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.size == 0 or not np.isfinite(matrix).any():
+        raise InvalidInputError(
+            f"nothing to draw: the matrix is {matrix.shape} with no finite value"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +71,6 @@ def save_heatmap(
         ax.set_yticks(range(len(yticklabels)), [t[:40] for t in yticklabels], fontsize=7)
     fig.colorbar(image, ax=ax, label="attention share")
     fig.tight_layout()
-    path = Path(path)
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnfast.exceptions import InvalidInputError
 from attnfast.hooks import capture
 
 
@@ -60,9 +61,11 @@ def prune_simulation(
     """``prompt`` is ``(1, S)`` token ids; ``keep_first`` positions (BOS, the attention sink)
     are never dropped. Generation is greedy, so differences come from the pruning alone."""
     if not 0.0 <= drop_fraction < 1.0:
-        raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
+        raise InvalidInputError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
     if prompt.dim() != 2 or prompt.shape[0] != 1:
-        raise ValueError(f"prompt must be one sequence of shape (1, S), got {tuple(prompt.shape)}")
+        raise InvalidInputError(
+            f"prompt must be one sequence of shape (1, S), got {tuple(prompt.shape)}"
+        )
     peak, original = peak_attention(model, prompt, max_new_tokens)
     s = prompt.shape[1]
     candidates = np.arange(keep_first, s)

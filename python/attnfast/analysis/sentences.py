@@ -8,6 +8,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from attnfast.capture_file import CaptureFile
+from attnfast.exceptions import InvalidInputError
+
+
+def normalised_mean(attn: NDArray[np.float32]) -> NDArray[np.float32]:
+    """A ``(layers, heads, keys)`` row averaged over layers and heads, summing to 1."""
+    row = attn.mean(axis=(0, 1), dtype=np.float64)
+    total = row.sum()
+    out: NDArray[np.float32] = (row / total if total > 0 else row).astype(np.float32)
+    return out
 
 
 def step_rows(
@@ -17,9 +26,7 @@ def step_rows(
     normalised to sum to 1, with the step numbers."""
     steps, rows = [], []
     for info, attn in capture.iter_steps(sequence):
-        row = attn.mean(axis=(0, 1), dtype=np.float64)
-        total = row.sum()
-        rows.append((row / total if total > 0 else row).astype(np.float32))
+        rows.append(normalised_mean(attn))
         steps.append(info["step"])
     return np.asarray(steps, dtype=np.int64), rows
 
@@ -30,7 +37,12 @@ def prompt_attention(
     """``(steps, matrix)`` with ``matrix[i, p]`` the share of step ``i``'s attention that went
     to prompt position ``p``."""
     steps, rows = step_rows(capture, sequence)
-    prompt_len = len(capture.prompt_tokens(sequence)) or (min(len(r) for r in rows) if rows else 0)
+    if not rows:
+        raise InvalidInputError(
+            f"{capture.path} has no steps of sequence {sequence}: nothing to draw "
+            f"(its sequences: {sorted(set(capture.steps['sequence'].tolist()))})"
+        )
+    prompt_len = len(capture.prompt_tokens(sequence)) or min(len(r) for r in rows)
     matrix = np.zeros((len(rows), prompt_len), dtype=np.float32)
     for i, r in enumerate(rows):
         m = min(prompt_len, len(r))
@@ -72,7 +84,7 @@ def sentence_attention(capture: CaptureFile, sequence: int = 0) -> SentenceAtten
     ``sentence_id``)."""
     tokens = capture.prompt_tokens(sequence)
     if not tokens:
-        raise ValueError(f"the capture has no prompt tokens for sequence {sequence}")
+        raise InvalidInputError(f"the capture has no prompt tokens for sequence {sequence}")
     steps, matrix = prompt_attention(capture, sequence)
     ids = np.array([int(t.get("sentence_id", 0)) for t in tokens])
     count = int(ids.max()) + 1

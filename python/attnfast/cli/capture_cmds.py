@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from attnfast.cli._app import app, console, err_console, user_errors
+from attnfast._files import existing_file
+from attnfast.cli._app import app, console, err_console, removed_on_failure, user_errors, warn
 from attnfast.exceptions import InvalidInputError
 
 DEFAULT_PROMPT = (
@@ -45,22 +46,39 @@ def _prompts(prompt: str | None, prompts: Path | None) -> list[str]:
     if (prompt is None) == (prompts is None):
         raise InvalidInputError("give exactly one of --prompt TEXT and --prompts FILE")
     if prompt is not None:
+        if not prompt:
+            raise InvalidInputError("--prompt is empty")
         return [prompt]
     assert prompts is not None
     out = []
-    for n, line in enumerate(prompts.read_text(encoding="utf-8").splitlines(), 1):
+    text = existing_file(prompts).read_text(encoding="utf-8")
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
             try:
                 out.append(str(json.loads(line)["prompt"]))
-            except (json.JSONDecodeError, KeyError) as e:
-                raise InvalidInputError(f"{prompts}:{n}: a JSON line needs a 'prompt' ({e})") from e
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise InvalidInputError(f'{prompts}:{n}: a JSON line needs a "prompt"') from e
         else:
             out.append(line)
     if not out:
         raise InvalidInputError(f"{prompts} holds no prompts")
     return out
+
+
+def open_capture(path: Path) -> Any:
+    """A capture file, warning (one line each) about the chunks found damaged: their steps
+    are missing, and a command that needs one of them fails naming its chunk."""
+    from attnfast.capture_file import CaptureFile
+
+    f = CaptureFile(path)
+    if not f.indexed:
+        warn(f"{path} has no index (its writer did not close it): read by scanning its chunks")
+    for chunk, offset, message in f.problems:
+        detail = message.rsplit("is damaged: ", 1)[-1]
+        warn(f"{path}: chunk {chunk} (byte {offset}) is damaged ({detail}); its steps are skipped")
+    return f
 
 
 def _training_progress() -> Any:
@@ -118,9 +136,7 @@ def capture(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Generate from prompts and capture the model's attention at every step."""
-    from attnfast.hooks import capture as capture_ctx
-    from attnfast.models.loading import encode, generate, load_model
-    from attnfast.store import FingerprintStore
+    from attnfast.models.loading import load_model
 
     with user_errors():
         texts = _prompts(prompt, prompts)
@@ -133,32 +149,60 @@ def capture(
                 f"--mode {mode.value} writes fingerprints to a database, not a .attn file: "
                 "use --mode full or a .db path"
             )
-        net, tokenizer, name = load_model(model, progress=_training_progress())
-        store = None if mode is Mode.full else FingerprintStore(out)
-        sink: Any = str(out) if store is None else store
         options = dict(
             mode=mode.value,
             layers=_ints(layers, "--layers"),
             heads=_ints(heads, "--heads"),
             every_n=every_n,
             topk=topk,
-            tokenizer=tokenizer,
-            model_id=name,
         )
-        total = 0
-        try:
-            # Prompt i is request "<out stem>" (i = 0) or "<out stem>#i".
-            with capture_ctx(net, sink=sink, request_id=out.stem, **options) as cap:
-                for i, text in enumerate(texts):
-                    ids = encode(tokenizer, text)
-                    generated = generate(net, ids, max_new_tokens, temperature, seed)
-                    said = tokenizer.decode(generated[0, ids.shape[1] :].tolist())
-                    console.print(f"[bold]{i}[/bold] {escape(text[:60])} -> {escape(said)!r}")
-                total = cap.steps_captured
-        finally:
-            if store is not None:
-                store.close()
-        console.print(f"captured {total} steps of {len(texts)} prompt(s) ({mode.value}) into {out}")
+        net, tokenizer, name = load_model(model, progress=_training_progress())
+        with removed_on_failure(out):
+            _capture(net, tokenizer, name, texts, out, options, max_new_tokens, temperature, seed)
+
+
+def _capture(
+    net: Any,
+    tokenizer: Any,
+    name: str,
+    texts: list[str],
+    out: Path,
+    options: dict[str, Any],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> None:
+    from attnfast.hooks import capture as capture_ctx
+    from attnfast.models.loading import encode, generate
+    from attnfast.store import FingerprintStore
+
+    mode = options["mode"]
+    store = None if mode == "full" else FingerprintStore(out)
+    sink: Any = str(out) if store is None else store
+    try:
+        # Prompt i is request "<out stem>" (i = 0) or "<out stem>#i".
+        with capture_ctx(
+            net, sink=sink, request_id=out.stem, tokenizer=tokenizer, model_id=name, **options
+        ) as cap:
+            for i, text in enumerate(texts):
+                ids = encode(tokenizer, text)
+                generated = generate(net, ids, max_new_tokens, temperature, seed)
+                said = tokenizer.decode(generated[0, ids.shape[1] :].tolist())
+                console.print(f"[bold]{i}[/bold] {escape(text[:60])} -> {escape(said)!r}")
+    finally:
+        if store is not None:
+            store.close()
+    console.print(
+        f"captured {cap.steps_captured} steps of {len(texts)} prompt(s) ({mode}) into {out}"
+    )
+    written = cap.written
+    if written is not None:
+        console.print(f"{out}: {written.summary()}", soft_wrap=True)
+        if written.duplicates:
+            warn(
+                f"{out} held these requests already ({written.duplicate_rows[0][0]!r}, ...): "
+                "the stored rows were kept; capture into another file, or delete them first"
+            )
 
 
 @app.command()
@@ -172,31 +216,34 @@ def heatmap(
 ) -> None:
     """Draw generation step x prompt position (or sentence) attention as a PNG."""
     from attnfast.analysis import prompt_attention, save_heatmap, sentence_attention
-    from attnfast.capture_file import CaptureFile
+    from attnfast.analysis.heatmap import FORMATS
 
     with user_errors():
-        f = CaptureFile(capture_path)
-        if by == "position":
-            _, matrix = prompt_attention(f, sequence)
-            save_heatmap(
-                matrix.T,
-                out,
-                title=f"{capture_path.name}: attention to the prompt",
-                xlabel="generation step",
-                ylabel="prompt position",
-            )
-        elif by == "sentence":
-            s = sentence_attention(f, sequence)
-            save_heatmap(
-                s.matrix.T,
-                out,
-                title=f"{capture_path.name}: attention per sentence",
-                xlabel="generation step",
-                ylabel="sentence",
-                yticklabels=s.sentences,
-            )
-        else:
+        if out.suffix.lower() not in FORMATS:
+            raise InvalidInputError(f"--out {out}: write a heatmap as {', '.join(FORMATS)}")
+        if by not in ("position", "sentence"):
             raise InvalidInputError(f"--by must be 'position' or 'sentence', got {by!r}")
+        f = open_capture(capture_path)
+        with removed_on_failure(out):
+            if by == "position":
+                _, matrix = prompt_attention(f, sequence)
+                save_heatmap(
+                    matrix.T,
+                    out,
+                    title=f"{capture_path.name}: attention to the prompt",
+                    xlabel="generation step",
+                    ylabel="prompt position",
+                )
+            else:
+                s = sentence_attention(f, sequence)
+                save_heatmap(
+                    s.matrix.T,
+                    out,
+                    title=f"{capture_path.name}: attention per sentence",
+                    xlabel="generation step",
+                    ylabel="sentence",
+                    yticklabels=s.sentences,
+                )
         console.print(f"wrote {out}")
 
 
@@ -206,7 +253,12 @@ def prune_sim(
     prompt: Annotated[str, typer.Option("--prompt")] = DEFAULT_PROMPT,
     drop: Annotated[
         float,
-        typer.Option("--drop", help="Fraction of prompt tokens to drop, by lowest peak attention."),
+        typer.Option(
+            "--drop",
+            help="Fraction of prompt tokens to drop, by lowest peak attention (0 to below 1).",
+            min=0.0,
+            max=0.99,
+        ),
     ] = 0.3,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 32,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -216,6 +268,8 @@ def prune_sim(
     from attnfast.models.loading import encode, load_model
 
     with user_errors():
+        if not prompt:
+            raise InvalidInputError("--prompt is empty")
         net, tokenizer, _ = load_model(model, progress=_training_progress())
         r = prune_simulation(
             net, encode(tokenizer, prompt), drop_fraction=drop, max_new_tokens=max_new_tokens
@@ -245,18 +299,19 @@ def replay_eviction_cmd(
 ) -> None:
     """Replay KV-cache eviction policies on a capture: the attention share each would keep."""
     from attnfast.analysis import POLICIES, replay_eviction
-    from attnfast.capture_file import CaptureFile
 
     with user_errors():
         names = list(POLICIES) if policy == "all" else [p.strip() for p in policy.split(",")]
-        f = CaptureFile(capture_path)
-        try:
-            results = [
-                replay_eviction(f, p, budget, sequence=sequence, sinks=sinks, window=window)
-                for p in names
-            ]
-        except ValueError as e:
-            raise InvalidInputError(str(e)) from e
+        unknown = [p for p in names if p not in POLICIES]
+        if unknown:
+            raise InvalidInputError(
+                f"--policy {', '.join(unknown)}: policies are all, {', '.join(POLICIES)}"
+            )
+        f = open_capture(capture_path)
+        results = [
+            replay_eviction(f, p, budget, sequence=sequence, sinks=sinks, window=window)
+            for p in names
+        ]
         if as_json:
             console.print_json(
                 json.dumps(
@@ -302,10 +357,17 @@ def convert(
     from attnfast.capture_file import CaptureFile
 
     with user_errors():
+        existing_file(source)
         if out.exists() and out.resolve() == source.resolve():
             raise InvalidInputError("--out must differ from the source")
-        if to is Target.json:
-            CaptureFile(source).to_json(out, sequence=sequence)
-        else:
-            CaptureFile.from_json(source, out)
+        with removed_on_failure(out):
+            if to is Target.json:
+                f = open_capture(source)
+                if sequence >= max(1, len(f.sequences)):
+                    raise InvalidInputError(
+                        f"{source} has {len(f.sequences)} sequence(s): no --sequence {sequence}"
+                    )
+                f.to_json(out, sequence=sequence)
+            else:
+                CaptureFile.from_json(source, out)
         console.print(f"wrote {out} ({out.stat().st_size:,} bytes, from {source.stat().st_size:,})")

@@ -13,18 +13,9 @@ import typer
 from rich.table import Table
 
 import attnfast
-from attnfast.cli._app import app, console, user_errors
-from attnfast.exceptions import ShapeError
-
-PACKED_SUFFIXES = (".fp", ".bin")
-
-
-def _load_fingerprints(path: Path) -> np.ndarray:
-    if path.suffix in PACKED_SUFFIXES:
-        return attnfast.unpack_fingerprints(path.read_bytes())
-    if path.suffix == ".npy":
-        return np.asarray(np.load(path, allow_pickle=False))
-    raise ShapeError(f"{path}: expected a .npy array or packed rows ({', '.join(PACKED_SUFFIXES)})")
+from attnfast._files import PACKED_SUFFIXES, load_fingerprints, load_npy
+from attnfast.cli._app import app, console, removed_on_failure, user_errors
+from attnfast.exceptions import InvalidInputError
 
 
 def _save_fingerprints(fps: np.ndarray, path: Path) -> None:
@@ -33,7 +24,7 @@ def _save_fingerprints(fps: np.ndarray, path: Path) -> None:
     elif path.suffix == ".npy":
         np.save(path, fps, allow_pickle=False)
     else:
-        raise ShapeError(f"{path}: write .npy or packed rows ({', '.join(PACKED_SUFFIXES)})")
+        raise InvalidInputError(f"{path}: write .npy or packed rows ({', '.join(PACKED_SUFFIXES)})")
 
 
 def _show(fps: np.ndarray, limit: int) -> None:
@@ -72,11 +63,19 @@ def fingerprint(
 ) -> None:
     """Compute v1 fingerprints of attention stored in a .npy file."""
     with user_errors():
-        attn = np.load(attn_path, mmap_mode="r", allow_pickle=False)
-        q = [int(x) for x in query_positions.split(",")] if query_positions else None
+        if out is not None and out.suffix not in (".npy", *PACKED_SUFFIXES):
+            raise InvalidInputError(f"--out {out}: write .npy or packed rows (.fp, .bin)")
+        attn = load_npy(attn_path, mmap=True)
+        try:
+            q = [int(x) for x in query_positions.split(",")] if query_positions else None
+        except ValueError:
+            raise InvalidInputError(
+                f"--query-positions must be comma-separated integers, got {query_positions!r}"
+            ) from None
         fps = attnfast.compute_fingerprints(attn, q)
         if out is not None:
-            _save_fingerprints(fps, out)
+            with removed_on_failure(out):
+                _save_fingerprints(fps, out)
             console.print(f"wrote {len(fps)} fingerprints to {out}")
         else:
             _show(fps, limit)
@@ -95,7 +94,7 @@ def zones(
 ) -> None:
     """Zone of each fingerprint, by the seed discovery job's rules, with counts."""
     with user_errors():
-        fps = _load_fingerprints(path)
+        fps = load_fingerprints(path)
         names, conf = attnfast.zone_of(fps)
         counts = Counter(names.tolist())
         if output_format is ZonesFormat.json:

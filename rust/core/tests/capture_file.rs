@@ -1,7 +1,7 @@
 //! Capture files: round trips, random access, and damage (truncation, flipped bytes) that
 //! leaves the intact chunks readable and names the damaged one.
 
-use attnfast_core::capture::{CaptureReader, CaptureWriter, StepHeader, WriterOptions};
+use attnfast_core::capture::{CaptureReader, CaptureWriter, Record, StepHeader, WriterOptions};
 
 fn header(step: u32, ctx: u32) -> StepHeader {
     StepHeader {
@@ -156,4 +156,69 @@ fn bad_values_are_refused() {
     assert!(e.contains("index 4"), "{e}");
     assert_eq!(w.steps(), 0);
     w.close().unwrap();
+}
+
+#[test]
+fn prompt_rows_are_kept_apart_from_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.attn");
+    let opts = WriterOptions {
+        chunk_bytes: 600,
+        level: 3,
+    };
+    let mut w = CaptureWriter::create(&path, r#"{"model": "m"}"#, opts).unwrap();
+    // Prompt rows of a first generation, its steps, then another generation's prompt rows.
+    for q in 0..5u32 {
+        let h = header(q, q + 1);
+        w.write_f32(Record::Prompt, &h, &values(q, h.values()))
+            .unwrap();
+    }
+    for s in 0..6 {
+        let h = header(s, 10 + s);
+        w.write_step_f32(&h, &values(s, h.values())).unwrap();
+    }
+    for q in 5..8u32 {
+        let h = header(q, q + 1);
+        w.write_f32(Record::Prompt, &h, &values(q, h.values()))
+            .unwrap();
+    }
+    assert_eq!((w.steps(), w.prompt_rows()), (6, 8));
+    w.close().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    for (indexed, len) in [(true, bytes.len()), (false, bytes.len() - 5)] {
+        std::fs::write(&path, &bytes[..len]).unwrap(); // cut the footer: scanned
+        let mut r = CaptureReader::open(&path).unwrap();
+        assert_eq!(r.indexed(), indexed);
+        assert_eq!((r.len(), r.count(Record::Prompt)), (6, 8));
+        for i in 0..6 {
+            check_step(&mut r, i);
+        }
+        let mut out = Vec::new();
+        for q in 0..8 {
+            let h = r.record_header(Record::Prompt, q).unwrap().clone();
+            assert_eq!(h, header(q as u32, q as u32 + 1));
+            r.read_record(Record::Prompt, q, &mut out).unwrap();
+            assert_eq!(out.len(), h.values());
+        }
+        assert!(r.verify().is_empty());
+    }
+}
+
+#[test]
+fn a_damaged_metadata_header_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.attn");
+    write(&path, 10);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16 + 32 + 1] ^= 0x55; // inside the first chunk's payload
+    std::fs::write(&path, &bytes).unwrap();
+    let e = CaptureReader::open(&path).err().unwrap().to_string();
+    assert!(
+        e.contains("metadata header (chunk 0, byte 16) is damaged"),
+        "{e}"
+    );
+    let e = CaptureReader::open(&dir.path().join("none.attn"))
+        .err()
+        .unwrap();
+    assert!(matches!(e, attnfast_core::CoreError::Missing(_)), "{e:?}");
 }

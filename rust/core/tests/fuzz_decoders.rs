@@ -98,11 +98,25 @@ fn stored_blobs_decode_exactly_or_fail_cleanly() {
     });
 }
 
+/// Vectors that are v1 fingerprints (masses and histogram summing to 1), and others.
+fn vectors() -> impl Strategy<Value = Vec<f64>> + Clone {
+    prop_oneof![
+        proptest::collection::vec(-1e6f64..1e6, 18..22),
+        proptest::collection::vec(0.0f64..1.0, 20).prop_map(|mut v| {
+            for range in [0..3, 4..12] {
+                let s: f64 = v[range.clone()].iter().sum::<f64>().max(1e-9);
+                v[range].iter_mut().for_each(|x| *x /= s);
+            }
+            v
+        }),
+    ]
+}
+
 /// JSON messages: valid ones with one byte flipped or cut short, and random bytes.
 fn outside_messages() -> impl Strategy<Value = Vec<u8>> {
     let valid = (
         "[a-z0-9]{0,6}",
-        proptest::collection::vec(-1e6f64..1e6, 18..22),
+        vectors(),
         proptest::option::of(-3i64..100),
         proptest::option::of(prop_oneof![Just("think"), Just("output"), Just("nope")]),
         proptest::option::of(proptest::collection::vec(-5i64..5_000_000_000, 0..4)),
@@ -161,4 +175,96 @@ fn json_messages_decode_exactly_or_fail_cleanly() {
             Ok(())
         })
         .unwrap_or_else(|e| panic!("decode_raw: {e}"));
+}
+
+/// Capture files: one written for real (metadata, steps and prompt rows in small chunks, the
+/// index), then cut, flipped, or replaced by random bytes. Opening and reading every record
+/// must give the record or a capture error naming the file, never panic.
+#[test]
+fn capture_files_read_or_fail_cleanly() {
+    use attnfast_core::CoreError;
+    use attnfast_core::capture::{CaptureReader, CaptureWriter, Record, StepHeader, WriterOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fuzz.attn");
+    let opts = WriterOptions {
+        chunk_bytes: 300,
+        level: 1,
+    };
+    let mut w = CaptureWriter::create(&path, r#"{"model": "m", "mode": "full"}"#, opts).unwrap();
+    for (kind, count) in [(Record::Prompt, 3u32), (Record::Step, 6)] {
+        for s in 0..count {
+            let h = StepHeader {
+                sequence: 0,
+                step: s,
+                token_id: 1,
+                position: s + 1,
+                timestamp_ms: 0,
+                layers: 1,
+                heads: 2,
+                context_len: s + 1,
+                text: "t".into(),
+            };
+            let v: Vec<f32> = (0..h.values()).map(|i| i as f32 / 10.0).collect();
+            w.write_f32(kind, &h, &v).unwrap();
+        }
+    }
+    w.close().unwrap();
+    let valid = std::fs::read(&path).unwrap();
+    let mutated = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(|tail| {
+            let mut b = b"ATTNCAP\0\x01\0\0\0\0\0\0\0".to_vec();
+            b.extend(tail);
+            b
+        }),
+        (any::<usize>(), any::<u8>(), any::<usize>(), any::<u8>()).prop_map({
+            let valid = valid.clone();
+            move |(a, x, b, y)| {
+                let mut bytes = valid.clone();
+                let n = bytes.len();
+                bytes[a % n] ^= x;
+                bytes[b % n] ^= y;
+                bytes
+            }
+        }),
+        any::<usize>().prop_map({
+            let valid = valid.clone();
+            move |cut| valid[..cut % valid.len()].to_vec()
+        }),
+    ];
+    let mut runner = TestRunner::new(Config {
+        // Each case writes and opens a file: a fifth of the in-memory decoders' count.
+        cases: (cases() / 5).max(1),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let shown = path.display().to_string();
+    runner
+        .run(&mutated, |bytes| {
+            std::fs::write(&path, &bytes).unwrap();
+            match CaptureReader::open(&path) {
+                Ok(mut r) => {
+                    let mut out = Vec::new();
+                    for kind in [Record::Step, Record::Prompt] {
+                        for i in 0..r.count(kind) {
+                            let n = r.record_header(kind, i).unwrap().values();
+                            match r.read_record(kind, i, &mut out) {
+                                Ok(()) => prop_assert_eq!(out.len(), n),
+                                Err(e) => {
+                                    prop_assert!(matches!(e, CoreError::Capture(_)), "{e:?}");
+                                    prop_assert!(e.to_string().contains(&shown), "{e}");
+                                }
+                            }
+                        }
+                    }
+                    let _ = r.verify();
+                }
+                Err(e) => {
+                    prop_assert!(matches!(e, CoreError::Capture(_)), "{e:?}");
+                    prop_assert!(e.to_string().contains(&shown), "{e}");
+                }
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("capture reader: {e}"));
 }

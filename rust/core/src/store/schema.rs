@@ -167,6 +167,35 @@ fn kind(conn: &Connection) -> Result<Kind> {
     })
 }
 
+/// Refuses, before anything is written (opening for writing would switch the file to WAL
+/// mode), an SQLite database of another program, unless `init`. A missing, empty or
+/// unreadable file passes: creating or opening it reports what is wrong.
+pub fn refuse_foreign(path: &std::path::Path, init: bool) -> Result<()> {
+    if init || std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok(());
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = Connection::open_with_flags(path, flags) else {
+        return Ok(());
+    };
+    match kind(&conn) {
+        Ok(Kind::Other(tables)) => Err(foreign(&path.display().to_string(), &tables)),
+        _ => Ok(()),
+    }
+}
+
+fn foreign(path: &str, tables: &[String]) -> CoreError {
+    let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+    let more = if tables.len() > 5 { ", ..." } else { "" };
+    CoreError::Store(format!(
+        "{path} is an SQLite database but not a fingerprint database (it has the tables \
+         {}{more}); attnfast leaves it as it is. Use another file, or add attnfast's tables \
+         to it on purpose with `attnfast init --db {path}`",
+        shown.join(", ")
+    ))
+}
+
 /// Creates, upgrades or converts the schema. `init` allows adding attnfast's tables to a
 /// database that holds other tables.
 pub fn ensure_schema(conn: &mut Connection, path: &str, init: bool) -> Result<Opened> {
@@ -183,16 +212,7 @@ fn ensure_schema_inner(conn: &mut Connection, path: &str, init: bool) -> Result<
     let mut opened = Opened::default();
     let found = kind(&tx)?;
     match &found {
-        Kind::Other(tables) if !init => {
-            let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
-            let more = if tables.len() > 5 { ", ..." } else { "" };
-            return Err(CoreError::Store(format!(
-                "{path} is an SQLite database but not a fingerprint database (it has the \
-                 tables {}{more}); attnfast leaves it as it is. Use another file, or add \
-                 attnfast's tables to it on purpose with `attnfast init --db {path}`",
-                shown.join(", ")
-            )));
-        }
+        Kind::Other(tables) if !init => return Err(foreign(path, tables)),
         Kind::Attnfast(v) if *v > STORE_SCHEMA => {
             return Err(CoreError::Store(format!(
                 "{path} has attnfast store schema {v}; this attnfast ({}) writes schema \
