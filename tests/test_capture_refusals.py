@@ -30,21 +30,24 @@ def counting(model: Any) -> list[int]:
         {"num_beams": 2},
         {"num_beams": 3, "num_return_sequences": 2},
         {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5},
+        {"prompt_lookup_num_tokens": 2},
+        {"penalty_alpha": 0.6, "top_k": 4},
     ],
-    ids=["beams", "beams-returning-2", "group-beams"],
+    ids=["beams", "beams-returning-2", "group-beams", "assisted", "contrastive"],
 )
-def test_beam_search_is_refused_before_it_runs(options: dict[str, Any]) -> None:
+def test_cache_reordering_generation_is_refused_before_it_runs(options: dict[str, Any]) -> None:
     sdpa, _ = gpt2()
     ids = torch.randint(3, 90, (1, 8), generator=torch.Generator().manual_seed(0))
     calls = counting(sdpa)
     with (
         attnfast.capture(sdpa) as cap,
-        pytest.raises(CaptureError, match=r"cannot follow (beam|group beam) search"),
+        pytest.raises(CaptureError, match=r"cannot follow (beam search|group beam|assisted|contr)"),
     ):
         sdpa.generate(ids, max_new_tokens=4, pad_token_id=0, do_sample=False, **options)
     assert calls == []  # refused before generating anything
     assert cap.records == []
-    if "num_beam_groups" not in options:  # (group beams now need code from the hub)
+    if "num_beams" in options and "num_beam_groups" not in options:
+        # (group beams and contrastive search now need code from the hub)
         # Without capture, the same call runs: the refusal is capture's alone.
         out = sdpa.generate(ids, max_new_tokens=4, pad_token_id=0, do_sample=False, **options)
         assert out.shape[1] == 12

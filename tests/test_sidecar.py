@@ -322,6 +322,23 @@ def test_impossible_options_are_refused_at_start(tmp_path: Path) -> None:
     busy.close()
 
 
+def test_listening_socket_lets_asyncio_turn_nagle_off() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose ``proto`` is TCP; a socket made without
+    it answered every request 40 ms late (Nagle's algorithm against delayed ACKs)."""
+    from attnfast.servers.sidecar import listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname())
+        accepted, _ = sock.accept()
+        assert accepted.proto == socket.IPPROTO_TCP
+        accepted.close()
+        client.close()
+    finally:
+        sock.close()
+
+
 def test_memory_returns_after_a_large_body(tmp_path: Path) -> None:
     """A large body is decoded without a Python object per row, and its memory is handed
     back afterwards (the issue's 50 MB body took the sidecar from 69 to 634 MB, for good)."""

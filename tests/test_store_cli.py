@@ -136,6 +136,28 @@ def test_export_is_read_by_pyarrow_polars_duckdb(tmp_path: Path, rng: np.random.
     assert ds.dataset(out, format="parquet", partitioning="hive").to_table().num_rows == 200
 
 
+def test_a_failed_export_leaves_nothing_that_blocks_the_next(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    db, out = tmp_path / "fp.db", tmp_path / "export"
+    day = datetime(2026, 4, 1, 12, tzinfo=UTC)
+    with FingerprintStore(db) as store:
+        store.append("a", np.arange(100), fingerprints(100), created_at=day)
+        store.append("b", np.arange(100), fingerprints(100), created_at=day + timedelta(days=1))
+    out.mkdir()
+    blocker = out / "day=2026-04-02"
+    blocker.write_text("a file where the second day's folder must go")
+    failed = run("export", "--db", str(db), "--out", str(out), check=False)
+    assert failed.returncode == 2, failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "Traceback" not in failed.stderr
+    # The first day's folder and file, made before the failure, are gone.
+    assert sorted(p.name for p in out.iterdir()) == ["day=2026-04-02"]
+    blocker.unlink()
+    run("export", "--db", str(db), "--out", str(out))  # no --overwrite needed
+    assert ds.dataset(out, format="parquet", partitioning="hive").to_table().num_rows == 200
+
+
 def test_export_keeps_sparse_columns_however_written(tmp_path: Path) -> None:
     """Exports skip sparse columns that never held a value; each way of writing one (append,
     SQL UPDATE, the seed's view, a converted seed database) must make it count again."""

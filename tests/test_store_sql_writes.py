@@ -247,6 +247,35 @@ def test_other_programs_databases_are_left_alone(tmp_path: Path) -> None:
     FingerprintStore(path).close()  # now it is one
 
 
+def test_triggers_of_an_earlier_build_are_replaced(tmp_path: Path) -> None:
+    """A database whose triggers differ from this build's (an earlier build's, or tampered
+    with) gets this build's on the next open, without a schema upgrade."""
+    path = tmp_path / "a.db"
+    FingerprintStore(path).close()
+    conn = connect(path)
+    (version,) = conn.execute("PRAGMA schema_version").fetchone()
+    conn.close()
+    FingerprintStore(path).close()  # the same build: the schema is left as it is
+    conn = connect(path)
+    assert conn.execute("PRAGMA schema_version").fetchone() == (version,)
+    conn.execute("DROP TRIGGER af_fingerprints_insert_through_view")
+    conn.execute(
+        "CREATE TRIGGER af_fingerprints_insert_through_view INSTEAD OF INSERT ON fingerprints "
+        "BEGIN SELECT 1; END"
+    )
+    insert(conn, **good_row(1))  # the stand-in stores nothing
+    assert conn.execute("SELECT count(*) FROM fingerprints").fetchone() == (0,)
+    conn.close()
+    FingerprintStore(path).close()
+    conn = connect(path)
+    insert(conn, **good_row(1))
+    assert conn.execute("SELECT count(*) FROM fingerprints").fetchone() == (1,)
+    with pytest.raises(sqlite3.IntegrityError, match="fingerprints.fingerprint must be"):
+        insert(conn, request_id="r", step=2, fingerprint=b"12345")
+    assert_counts_right(conn)
+    conn.close()
+
+
 def test_seed_database_with_unreadable_rows_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "seed.db"
     seed = create_seed_db(path)

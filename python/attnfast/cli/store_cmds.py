@@ -23,7 +23,13 @@ from rich.table import Table
 from attnfast._files import PACKED_SUFFIXES, existing_file, load_npy, load_packed
 from attnfast._time import format_us
 from attnfast.cli._app import app, console, err_console, removed_on_failure, user_errors, warn
-from attnfast.exceptions import DecodeError, InvalidInputError, MissingFileError, ShapeError
+from attnfast.exceptions import (
+    AttnfastError,
+    DecodeError,
+    InvalidInputError,
+    MissingFileError,
+    ShapeError,
+)
 from attnfast.fingerprint import FINGERPRINT_DIM, ZONES
 from attnfast.layout import Layout
 from attnfast.messages import MessageDecoder
@@ -44,6 +50,7 @@ def _progress(bytes_: bool = False) -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # a log gets the summary lines, not a bar
     )
 
 
@@ -225,7 +232,7 @@ def ingest(
     ],
     layout: Annotated[
         LayoutName | None,
-        typer.Option(help="Layout of untagged vectors [default: sglang for JSONL, else v1]."),
+        typer.Option(help="Layout of untagged vectors (default: sglang for JSONL, else v1)."),
     ] = None,
     request_id: Annotated[str | None, typer.Option(help="Request id for .npy/packed.")] = None,
     start_step: Annotated[int, typer.Option(help="First step for .npy/packed rows.", min=0)] = 1,
@@ -241,19 +248,15 @@ def ingest(
         arrays = [p for p in files if p.suffix.lower() in (".npy", *PACKED_SUFFIXES)]
         if arrays and request_id is None:
             raise InvalidInputError(f"--request-id is needed for {arrays[0]} (.npy and packed)")
+        existed = db.exists()
         with removed_on_failure(db), FingerprintStore(db) as store:
             _opened(store)
             total, bad_total = Written(), 0
             for path in files:
-                suffix, bad = path.suffix.lower(), 0
-                if suffix in JSONL_SUFFIXES:
-                    written, bad = _ingest_jsonl(store, path, layout or "sglang")
-                elif suffix == ".parquet":
-                    written = _ingest_parquet(store, path, layout)
-                else:
-                    assert request_id is not None
-                    fps = load_npy(path) if suffix == ".npy" else load_packed(path)
-                    written = _ingest_array(store, fps, request_id, start_step, layout or "v1")
+                try:
+                    written, bad = _ingest_file(store, path, layout, request_id, start_step)
+                except AttnfastError as e:
+                    raise _failed_file(store, path, e, existed) from None
                 total, bad_total = total + written, bad_total + bad
                 refused = f", {bad:,} line(s) refused as invalid" if bad else ""
                 console.print(f"{path}: {written.summary()}{refused}", soft_wrap=True)
@@ -262,6 +265,44 @@ def ingest(
         refused = f", {bad_total:,} line(s) refused as invalid" if bad_total else ""
         console.print(f"{len(files)} files: {total.summary()}{refused}", soft_wrap=True)
     console.print(f"{db}: {stats['rows']:,} rows, {stats['requests']:,} requests")
+
+
+def _ingest_file(
+    store: FingerprintStore,
+    path: Path,
+    layout: str | None,
+    request_id: str | None,
+    start_step: int,
+) -> tuple[Written, int]:
+    """What one file became, and how many of its lines were refused as invalid."""
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return _ingest_jsonl(store, path, layout or "sglang")
+    if suffix == ".parquet":
+        return _ingest_parquet(store, path, layout), 0
+    assert request_id is not None
+    fps = load_npy(path) if suffix == ".npy" else load_packed(path)
+    return _ingest_array(store, fps, request_id, start_step, layout or "v1"), 0
+
+
+def _failed_file(
+    store: FingerprintStore, path: Path, error: AttnfastError, kept: bool
+) -> AttnfastError:
+    """``error`` naming the file and, when the database is ``kept`` (it existed before the
+    command), how many rows the command stored before it failed: earlier files, and batches
+    of this one that were committed before the bad one."""
+    message = str(error)
+    if not message.startswith(str(path)):
+        message = f"{path}: {message}"
+    if kept:
+        try:
+            store.flush()
+        except AttnfastError:
+            pass
+        stored = store.stats()["writer"]["rows_written"]
+        if stored:
+            message += f" (this command stored {stored:,} rows before it)"
+    return type(error)(message)
 
 
 class QueryFormat(StrEnum):
@@ -285,8 +326,8 @@ def query(
     limit: Annotated[
         int | None,
         typer.Option(
-            help=f"Rows at most, newest requests first; 0 for all [default: {TABLE_ROWS} for "
-            "the table, all for json and parquet].",
+            help=f"Rows at most, newest requests first; 0 for all (default: {TABLE_ROWS} for "
+            "the table, all for json and parquet).",
             min=0,
         ),
     ] = None,

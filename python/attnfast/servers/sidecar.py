@@ -350,7 +350,9 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, or one clear error (the port is in use, the host
     is not an address of this machine)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # The protocol is named: asyncio turns Nagle's algorithm off only on sockets whose
+    # `proto` says TCP, and with it on every reply waited 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -6,6 +6,10 @@
 //! Two lists, because the seed's columns (text zones and phases, a `created_at` text, a
 //! `schema_version`) are stored as attnfast's (codes, microseconds, `layout`). `{r}` in a
 //! condition is the row (`NEW`, or a table alias).
+//!
+//! The conditions compare with `!=` one value at a time, never `NOT IN (...)`: SQLite builds
+//! a lookup table for an `IN` list each time a trigger statement runs, which made the view's
+//! triggers 40 times slower (515 µs a row for the checks, 13 µs without lists).
 
 /// The longest `top_expert_ids` list, in entries (`af_numbers` has one row per entry).
 pub const MAX_EXPERT_IDS: usize = 4096;
@@ -46,13 +50,14 @@ pub const SEED_ROW: &[Check] = &[
     check(
         "schema_version",
         "{r}.schema_version IS NOT NULL AND (typeof({r}.schema_version) != 'integer' \
-         OR {r}.schema_version NOT IN (1, 1001))",
+         OR ({r}.schema_version != 1 AND {r}.schema_version != 1001))",
         "1 (v1), 1001 (sglang) or NULL (v1)",
     ),
     check(
         "think_phase",
         "{r}.think_phase IS NOT NULL AND (typeof({r}.think_phase) != 'text' \
-         OR {r}.think_phase NOT IN ('think', 'output', 'unknown'))",
+         OR ({r}.think_phase != 'think' AND {r}.think_phase != 'output' AND \
+         {r}.think_phase != 'unknown'))",
         "think, output, unknown or NULL",
     ),
     check(
@@ -70,61 +75,69 @@ pub const SEED_ROW: &[Check] = &[
     ),
     check(
         "session_id",
-        "typeof({r}.session_id) NOT IN ('text', 'null')",
+        "(typeof({r}.session_id) != 'text' AND typeof({r}.session_id) != 'null')",
         "text or NULL",
     ),
     check(
         "token_text",
-        "typeof({r}.token_text) NOT IN ('text', 'null')",
+        "(typeof({r}.token_text) != 'text' AND typeof({r}.token_text) != 'null')",
         "text or NULL",
     ),
     check(
         "model_id",
-        "typeof({r}.model_id) NOT IN ('text', 'null')",
+        "(typeof({r}.model_id) != 'text' AND typeof({r}.model_id) != 'null')",
         "text or NULL",
     ),
     check(
         "token_id",
-        "typeof({r}.token_id) NOT IN ('integer', 'null')",
+        "(typeof({r}.token_id) != 'integer' AND typeof({r}.token_id) != 'null')",
         "an integer or NULL",
     ),
     check(
         "segment_idx",
-        "typeof({r}.segment_idx) NOT IN ('integer', 'null')",
+        "(typeof({r}.segment_idx) != 'integer' AND typeof({r}.segment_idx) != 'null')",
         "an integer or NULL",
     ),
     check(
         "cluster_id",
-        "typeof({r}.cluster_id) NOT IN ('integer', 'null')",
+        "(typeof({r}.cluster_id) != 'integer' AND typeof({r}.cluster_id) != 'null')",
         "an integer or NULL",
     ),
     check(
         "manifold_confidence",
-        "typeof({r}.manifold_confidence) NOT IN ('real', 'integer', 'null') \
+        "(typeof({r}.manifold_confidence) != 'real' AND \
+        typeof({r}.manifold_confidence) != 'integer' AND \
+        typeof({r}.manifold_confidence) != 'null') \
          OR abs({r}.manifold_confidence) > 1.7976931348623157e308",
         "a finite number or NULL",
     ),
     check(
         "cluster_probability",
-        "typeof({r}.cluster_probability) NOT IN ('real', 'integer', 'null') \
+        "(typeof({r}.cluster_probability) != 'real' AND \
+        typeof({r}.cluster_probability) != 'integer' AND \
+        typeof({r}.cluster_probability) != 'null') \
          OR abs({r}.cluster_probability) > 1.7976931348623157e308",
         "a finite number or NULL",
     ),
     check(
         "router_entropy",
-        "typeof({r}.router_entropy) NOT IN ('real', 'integer', 'null') \
+        "(typeof({r}.router_entropy) != 'real' AND typeof({r}.router_entropy) != 'integer' AND \
+        typeof({r}.router_entropy) != 'null') \
          OR abs({r}.router_entropy) > 1.7976931348623157e308",
         "a finite number or NULL",
     ),
     check(
         "expert_load_balance",
-        "typeof({r}.expert_load_balance) NOT IN ('real', 'integer', 'null') \
+        "(typeof({r}.expert_load_balance) != 'real' AND \
+        typeof({r}.expert_load_balance) != 'integer' AND \
+        typeof({r}.expert_load_balance) != 'null') \
          OR abs({r}.expert_load_balance) > 1.7976931348623157e308",
         "a finite number or NULL",
     ),
     check(
         "sink_token_mass",
-        "typeof({r}.sink_token_mass) NOT IN ('real', 'integer', 'null') \
+        "(typeof({r}.sink_token_mass) != 'real' AND typeof({r}.sink_token_mass) != 'integer' AND \
+        typeof({r}.sink_token_mass) != 'null') \
          OR abs({r}.sink_token_mass) > 1.7976931348623157e308",
         "a finite number or NULL",
     ),
@@ -169,19 +182,19 @@ pub const STORED_ROW: &[Check] = &[
     ),
     check(
         "layout",
-        "typeof({r}.layout) != 'integer' OR {r}.layout NOT IN (1, 1001)",
+        "typeof({r}.layout) != 'integer' OR ({r}.layout != 1 AND {r}.layout != 1001)",
         "a layout code (1 or 1001)",
     ),
     check(
         "think_phase",
         "{r}.think_phase IS NOT NULL AND (typeof({r}.think_phase) != 'integer' \
-         OR {r}.think_phase NOT IN (0, 1, 2))",
+         OR ({r}.think_phase != 0 AND {r}.think_phase != 1 AND {r}.think_phase != 2))",
         "a phase code (0, 1, 2) or NULL",
     ),
     check(
         "zone",
         "{r}.zone IS NOT NULL AND (typeof({r}.zone) != 'integer' \
-         OR {r}.zone NOT IN (0, 1, 2, 3))",
+         OR ({r}.zone != 0 AND {r}.zone != 1 AND {r}.zone != 2 AND {r}.zone != 3))",
         "a zone code (0..3) or NULL",
     ),
     check(
@@ -191,79 +204,88 @@ pub const STORED_ROW: &[Check] = &[
     ),
     check(
         "session_id",
-        "typeof({r}.session_id) NOT IN ('text', 'null')",
+        "(typeof({r}.session_id) != 'text' AND typeof({r}.session_id) != 'null')",
         "text or NULL",
     ),
     check(
         "token_text",
-        "typeof({r}.token_text) NOT IN ('text', 'null')",
+        "(typeof({r}.token_text) != 'text' AND typeof({r}.token_text) != 'null')",
         "text or NULL",
     ),
     check(
         "model_id",
-        "typeof({r}.model_id) NOT IN ('text', 'null')",
+        "(typeof({r}.model_id) != 'text' AND typeof({r}.model_id) != 'null')",
         "text or NULL",
     ),
     check(
         "token_id",
-        "typeof({r}.token_id) NOT IN ('integer', 'null')",
+        "(typeof({r}.token_id) != 'integer' AND typeof({r}.token_id) != 'null')",
         "an integer or NULL",
     ),
     check(
         "segment_idx",
-        "typeof({r}.segment_idx) NOT IN ('integer', 'null')",
+        "(typeof({r}.segment_idx) != 'integer' AND typeof({r}.segment_idx) != 'null')",
         "an integer or NULL",
     ),
     check(
         "cluster_id",
-        "typeof({r}.cluster_id) NOT IN ('integer', 'null')",
+        "(typeof({r}.cluster_id) != 'integer' AND typeof({r}.cluster_id) != 'null')",
         "an integer or NULL",
     ),
     check(
         "manifold_confidence",
-        "typeof({r}.manifold_confidence) NOT IN ('real', 'integer', 'null')",
+        "(typeof({r}.manifold_confidence) != 'real' AND \
+        typeof({r}.manifold_confidence) != 'integer' AND \
+        typeof({r}.manifold_confidence) != 'null')",
         "a number or NULL",
     ),
     check(
         "cluster_probability",
-        "typeof({r}.cluster_probability) NOT IN ('real', 'integer', 'null')",
+        "(typeof({r}.cluster_probability) != 'real' AND \
+        typeof({r}.cluster_probability) != 'integer' AND \
+        typeof({r}.cluster_probability) != 'null')",
         "a number or NULL",
     ),
     check(
         "router_entropy",
-        "typeof({r}.router_entropy) NOT IN ('real', 'integer', 'null')",
+        "(typeof({r}.router_entropy) != 'real' AND typeof({r}.router_entropy) != 'integer' AND \
+        typeof({r}.router_entropy) != 'null')",
         "a number or NULL",
     ),
     check(
         "expert_load_balance",
-        "typeof({r}.expert_load_balance) NOT IN ('real', 'integer', 'null')",
+        "(typeof({r}.expert_load_balance) != 'real' AND \
+        typeof({r}.expert_load_balance) != 'integer' AND \
+        typeof({r}.expert_load_balance) != 'null')",
         "a number or NULL",
     ),
     check(
         "sink_token_mass",
-        "typeof({r}.sink_token_mass) NOT IN ('real', 'integer', 'null')",
+        "(typeof({r}.sink_token_mass) != 'real' AND typeof({r}.sink_token_mass) != 'integer' AND \
+        typeof({r}.sink_token_mass) != 'null')",
         "a number or NULL",
     ),
     check(
         "top_k_positions",
-        "typeof({r}.top_k_positions) NOT IN ('blob', 'null') \
+        "(typeof({r}.top_k_positions) != 'blob' AND typeof({r}.top_k_positions) != 'null') \
          OR length({r}.top_k_positions) % 4 != 0",
         "a blob of int32 or NULL",
     ),
     check(
         "top_k_scores",
-        "typeof({r}.top_k_scores) NOT IN ('blob', 'null') OR length({r}.top_k_scores) % 4 != 0",
+        "(typeof({r}.top_k_scores) != 'blob' AND \
+        typeof({r}.top_k_scores) != 'null') OR length({r}.top_k_scores) % 4 != 0",
         "a blob of float32 or NULL",
     ),
     check(
         "capture_layer_ids",
-        "typeof({r}.capture_layer_ids) NOT IN ('blob', 'null') \
+        "(typeof({r}.capture_layer_ids) != 'blob' AND typeof({r}.capture_layer_ids) != 'null') \
          OR length({r}.capture_layer_ids) % 4 != 0",
         "a blob of int32 or NULL",
     ),
     check(
         "top_expert_ids",
-        "typeof({r}.top_expert_ids) NOT IN ('blob', 'null') \
+        "(typeof({r}.top_expert_ids) != 'blob' AND typeof({r}.top_expert_ids) != 'null') \
          OR length({r}.top_expert_ids) % 4 != 0 OR length({r}.top_expert_ids) > 16384",
         "a blob of at most 4096 int32 or NULL",
     ),

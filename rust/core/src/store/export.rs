@@ -150,14 +150,41 @@ impl Encoder {
         }
     }
 
-    fn finish(self) -> Result<Vec<(String, PathBuf, u64)>> {
-        let mut out = Vec::new();
-        for (_, file) in self.files {
-            file.writer.close().map_err(parquet_error)?;
-            fs::rename(&file.tmp, &file.path)?;
-            out.push((file.day, file.path, file.rows));
+    /// Closes every file, then renames them all into place. If any step fails, nothing of
+    /// this export stays: files renamed already are removed with the rest.
+    fn finish(mut self) -> Result<Vec<(String, PathBuf, u64)>> {
+        let mut closed = Vec::new();
+        let mut failure = None;
+        for (_, file) in std::mem::take(&mut self.files) {
+            if failure.is_none()
+                && let Err(e) = file.writer.close()
+            {
+                failure = Some(parquet_error(e));
+            }
+            closed.push((file.day, file.tmp, file.path, file.rows));
         }
-        Ok(out)
+        if failure.is_none() {
+            for (i, (_, tmp, path, _)) in closed.iter().enumerate() {
+                if let Err(e) = fs::rename(tmp, path) {
+                    for (_, _, done, _) in &closed[..i] {
+                        let _ = fs::remove_file(done);
+                    }
+                    failure = Some(e.into());
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for (_, tmp, _, _) in &closed {
+                let _ = fs::remove_file(tmp);
+            }
+            self.remove_partial_files();
+            return Err(e);
+        }
+        Ok(closed
+            .into_iter()
+            .map(|(day, _, path, rows)| (day, path, rows))
+            .collect())
     }
 }
 

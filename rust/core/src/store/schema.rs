@@ -257,9 +257,33 @@ fn ensure_schema_inner(conn: &mut Connection, path: &str, init: bool) -> Result<
         "INSERT OR REPLACE INTO af_meta (key, value) VALUES ('store_schema', ?1)",
         [STORE_SCHEMA],
     )?;
-    tx.execute_batch(&triggers::create_all())?;
+    replace_changed_triggers(&tx)?;
     tx.commit()?;
     Ok(opened)
+}
+
+/// Creates the triggers, replacing the stored ones when their SQL is not this build's: a
+/// database written by an earlier build of the same physical schema (or whose triggers were
+/// changed by hand) gets this build's rules without an upgrade step. When they are the same,
+/// the schema is left untouched, so other connections keep their prepared statements.
+fn replace_changed_triggers(tx: &Transaction<'_>) -> Result<()> {
+    let wanted = triggers::statements();
+    let mut stored: Vec<String> = tx
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|(name, _)| triggers::NAMES.contains(&name.as_str()))
+        .map(|(_, sql)| sql)
+        .collect();
+    stored.sort();
+    let mut expected: Vec<String> = wanted.iter().map(|s| triggers::as_stored(s)).collect();
+    expected.sort();
+    if stored != expected {
+        tx.execute_batch(&triggers::drop_all())?;
+        tx.execute_batch(&wanted.concat())?;
+    }
+    Ok(())
 }
 
 /// Refuses, naming the row and the column, a seed database holding a row that no reader

@@ -576,9 +576,9 @@ END;
     )
 }
 
-/// Every trigger, `CREATE TRIGGER IF NOT EXISTS`.
-pub fn create_all() -> String {
-    [
+/// Every trigger, one `CREATE TRIGGER IF NOT EXISTS` statement each.
+pub fn statements() -> Vec<String> {
+    vec![
         insert_through_view(),
         after_insert(),
         update_through_view(),
@@ -586,5 +586,13 @@ pub fn create_all() -> String {
         after_update(),
         after_delete(),
     ]
-    .concat()
+}
+
+/// A statement as `sqlite_schema.sql` keeps it: SQLite drops `IF NOT EXISTS` and the end.
+pub fn as_stored(statement: &str) -> String {
+    statement
+        .replacen("CREATE TRIGGER IF NOT EXISTS ", "CREATE TRIGGER ", 1)
+        .trim_end()
+        .trim_end_matches(';')
+        .to_owned()
 }
