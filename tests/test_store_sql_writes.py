@@ -270,7 +270,7 @@ def test_triggers_of_an_earlier_build_are_replaced(tmp_path: Path) -> None:
     conn = connect(path)
     insert(conn, **good_row(1))
     assert conn.execute("SELECT count(*) FROM fingerprints").fetchone() == (1,)
-    with pytest.raises(sqlite3.IntegrityError, match="fingerprints.fingerprint must be"):
+    with pytest.raises(sqlite3.IntegrityError, match=r"fingerprints\.fingerprint must be"):
         insert(conn, request_id="r", step=2, fingerprint=b"12345")
     assert_counts_right(conn)
     conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -295,10 +296,8 @@ def _failed_file(
     if not message.startswith(str(path)):
         message = f"{path}: {message}"
     if kept:
-        try:
+        with contextlib.suppress(AttnfastError):  # the stats below say what was stored
             store.flush()
-        except AttnfastError:
-            pass
         stored = store.stats()["writer"]["rows_written"]
         if stored:
             message += f" (this command stored {stored:,} rows before it)"

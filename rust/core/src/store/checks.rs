@@ -364,6 +364,7 @@ mod tests {
             .unwrap()
         };
         assert_eq!(problem(""), None);
+        assert_eq!(problem("top_k_positions = x'01000000'"), None); // positions alone are fine
         let cases = [
             (
                 "fingerprint = x'0102030405'",
@@ -380,8 +381,8 @@ mod tests {
                 "fingerprints.top_k_positions must be",
             ),
             (
-                "top_k_positions = x'01000000'",
-                "fingerprints.top_k_scores must be NULL exactly when",
+                "top_k_positions = x'0100000002000000', top_k_scores = x'0000803f'",
+                "fingerprints.top_k_scores must be one score per top_k_positions entry",
             ),
             (
                 "created_at = 'yesterday'",
