@@ -46,6 +46,7 @@ def inputs(d: Path) -> None:
     (d / "garbage.npy").write_bytes(b"\x93NUMPY garbage that is not an array")
     (d / "flat.npy").write_bytes(b"")
     np.save(d / "wide.npy", np.zeros((3, 7), np.float32))
+    np.save(d / "not_fingerprints.npy", np.full((3, 20), 0.5, np.float32))  # masses sum to 1.5
     (d / "rows.fp").write_bytes(b"\0" * 81)
     (d / "garbage.attn").write_bytes(b"ATTNCAP\0" + b"\xff" * 40)
     (d / "garbage.json").write_text("{not json")
@@ -84,6 +85,7 @@ BAD = [
     ["ingest", "--db", "new.db", "garbage.parquet"],
     ["ingest", "--db", "new.db", "pickled.npy", "--request-id", "r"],
     ["ingest", "--db", "new.db", "wide.npy", "--request-id", "r"],
+    ["ingest", "--db", "new.db", "fps.npy", "not_fingerprints.npy", "--request-id", "r"],
     ["ingest", "--db", "new.db", "rows.fp", "--request-id", "r"],
     ["ingest", "--db", "new.db", "empty"],
     ["ingest", "--db", "other.sqlite", "fps.npy", "--request-id", "r"],

@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
-
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use attnfast_core::store::{
     Batch, DuplicatePolicy, ListColumn, Query, Rows, SqlValue, Store, StoreOptions, Synchronous,
