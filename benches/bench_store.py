@@ -10,7 +10,7 @@
    100 rows written with INSERT OR REPLACE and committed; (b) Python sqlite3 ``executemany`` in
    one transaction into a bare (request, step, blob) table; (c) with ``--baseline``, attnfast
    as it was before the hardening issue. Each runs in its own process so that its peak memory
-   (ru_maxrss, minus the process's size once the input exists) is its own.
+   (VmHWM, reset once the input exists) is its own.
 2. sidecar: ``attnfast sidecar`` in its own process; HTTP batches of 1,000 messages (JSON, and
    packed binary bodies) from one keep-alive client, and ZMQ with one pusher sending one JSON
    message per step. Rate = rows until they are all committed.
@@ -23,7 +23,7 @@
    ``--baseline``, the view before the hardening (inserts only: it had no update or delete).
 5. large: a 10,000,000-row database: the seed's ``zone_distribution_hourly`` view, one
    request's rows (the seed's SQL on the ``fingerprints`` view, and ``store.read``), and
-   Parquet export.
+   Parquet export, in a child process; with ``--baseline``, the same in the code before.
 
 ``--baseline`` is the ``python`` folder of an attnfast checkout with its extension built in
 place (benches/README.md says how); every baseline runs in its own process.
@@ -38,7 +38,6 @@ import http.client
 import json
 import os
 import platform
-import shutil
 import socket
 import struct
 import subprocess
@@ -207,14 +206,6 @@ def sql_writes(db: Path, rows: int, data: Path) -> dict[str, Any]:
     except sqlite3.OperationalError as e:  # the baseline's view had no update or delete
         out["update_error"] = str(e)
     return out
-
-
-METHODS = {
-    "attnfast": ingest_attnfast,
-    "seed": ingest_seed,
-    "executemany": ingest_executemany,
-    "sql_writes": sql_writes,
-}
 
 
 def run_child(
@@ -529,45 +520,50 @@ def bench_memory(quick: bool, baseline: Path | None) -> dict[str, Any]:
 # -- 3. a large database -------------------------------------------------------------------------
 
 
-def bench_large(rows: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"rows": rows}
+def large_database(db: Path, rows: int, data: Path) -> dict[str, Any]:
+    """Builds a ``rows``-row database in ``db`` and times the queries and the export on it."""
+    out: dict[str, Any] = {}
+    ids, steps, fps = dataset(rows, data)
+    # Spread the rows over two days so that hours and export partitions are realistic.
+    created = 1_780_000_000 + np.arange(rows) * (2 * 86400 / rows)
+    start = time.perf_counter()
+    with attnfast.FingerprintStore(db) as store:
+        for i in range(0, rows, 50_000):
+            store.append(
+                ids[i : i + 50_000],
+                steps[i : i + 50_000],
+                fps[i : i + 50_000],
+                created_at=created[i : i + 50_000],
+            )
+        store.flush()
+        out["build_rows_per_s"] = rows / (time.perf_counter() - start)
+        del ids, steps, fps
+        request = f"req-{rows // STEPS_PER_REQUEST // 2:07d}"
+        zones = store.sql("SELECT * FROM zone_distribution_hourly")
+        out["zone_hours_rows"] = len(zones)
+        out["zone_hourly_s"] = best_time(
+            lambda: store.sql("SELECT * FROM zone_distribution_hourly"), 3
+        )
+        seed_sql = "SELECT * FROM fingerprints WHERE request_id = ? ORDER BY step"
+        assert len(store.sql(seed_sql, [request])) == STEPS_PER_REQUEST
+        out["request_seed_sql_s"] = best_time(lambda: store.sql(seed_sql, [request]))
+        out["request_read_s"] = best_time(lambda: store.read(request_id=request))
+        out["since_1h_read_s"] = best_time(
+            lambda: store.read(since=1_780_000_000 + 86400, until=1_780_000_000 + 90000)
+        )
+        target = db.parent / "export"
+        out["export_s"] = best_time(lambda: store.export_parquet(target, overwrite=True), repeats=2)
+        out["export_rows_per_s"] = rows / out["export_s"]
+        out["db_mb"] = db.stat().st_size / 1e6
+    return out
+
+
+def bench_large(rows: int, baseline: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "large.db"
-        ids, steps, fps = dataset(rows)
-        # Spread the rows over two days so that hours and export partitions are realistic.
-        created = 1_780_000_000 + np.arange(rows) * (2 * 86400 / rows)
-        start = time.perf_counter()
-        with attnfast.FingerprintStore(db) as store:
-            for i in range(0, rows, 50_000):
-                store.append(
-                    ids[i : i + 50_000],
-                    steps[i : i + 50_000],
-                    fps[i : i + 50_000],
-                    created_at=created[i : i + 50_000],
-                )
-            store.flush()
-            out["build_rows_per_s"] = rows / (time.perf_counter() - start)
-            del ids, steps, fps
-            request = f"req-{rows // STEPS_PER_REQUEST // 2:07d}"
-            zones = store.sql("SELECT * FROM zone_distribution_hourly")
-            out["zone_hours_rows"] = len(zones)
-            out["zone_hourly_s"] = best_time(
-                lambda: store.sql("SELECT * FROM zone_distribution_hourly"), 3
-            )
-            seed_sql = "SELECT * FROM fingerprints WHERE request_id = ? ORDER BY step"
-            assert len(store.sql(seed_sql, [request])) == STEPS_PER_REQUEST
-            out["request_seed_sql_s"] = best_time(lambda: store.sql(seed_sql, [request]))
-            out["request_read_s"] = best_time(lambda: store.read(request_id=request))
-            out["since_1h_read_s"] = best_time(
-                lambda: store.read(since=1_780_000_000 + 86400, until=1_780_000_000 + 90000)
-            )
-            target = Path(tmp) / "export"
-            out["export_s"] = best_time(
-                lambda: store.export_parquet(target, overwrite=True), repeats=2
-            )
-            out["export_rows_per_s"] = rows / out["export_s"]
-            out["db_mb"] = db.stat().st_size / 1e6
-            shutil.rmtree(target)
+        data = saved_fingerprints(Path(tmp), rows)
+        out = {"rows": rows, "attnfast": run_child("large", rows, data)}
+        if baseline is not None:
+            out["before"] = run_child("large", rows, data, baseline=baseline)
     return out
 
 
@@ -665,20 +661,37 @@ def report(results: dict[str, Any]) -> str:
         lines.append("")
     if "large" in results:
         g = results["large"]
+        runs = [("attnfast", g["attnfast"])] + ([("before", g["before"])] if "before" in g else [])
+        a = g["attnfast"]
         lines += [
-            f"Large database ({g['rows']:,} rows, {g['db_mb']:.0f} MB, built at "
-            f"{g['build_rows_per_s']:,.0f} rows/s):",
+            f"Large database ({g['rows']:,} rows, {a['db_mb']:.0f} MB), seconds:",
             "",
-            "| query | seconds |",
-            "|---|---|",
-            f"| zone_distribution_hourly ({g['zone_hours_rows']} rows)"
-            f" | {g['zone_hourly_s']:.4f} |",
-            f"| one request, the seed's SQL on the view | {g['request_seed_sql_s']:.4f} |",
-            f"| one request, store.read | {g['request_read_s']:.4f} |",
-            f"| one hour, store.read | {g['since_1h_read_s']:.4f} |",
-            f"| Parquet export | {g['export_s']:.2f} ({g['export_rows_per_s']:,.0f} rows/s) |",
+            "| query | " + " | ".join(name for name, _ in runs) + " |",
+            "|---|" + "---|" * len(runs),
         ]
+        rows_of = [
+            ("build", lambda r: f"{r['build_rows_per_s']:,.0f} rows/s"),
+            (f"zone_distribution_hourly ({a['zone_hours_rows']} rows)",
+             lambda r: f"{r['zone_hourly_s']:.4f}"),
+            ("one request, the seed's SQL on the view", lambda r: f"{r['request_seed_sql_s']:.4f}"),
+            ("one request, store.read", lambda r: f"{r['request_read_s']:.4f}"),
+            ("one hour, store.read", lambda r: f"{r['since_1h_read_s']:.4f}"),
+            ("Parquet export",
+             lambda r: f"{r['export_s']:.2f} ({r['export_rows_per_s']:,.0f} rows/s)"),
+        ]  # fmt: skip
+        for label, cell in rows_of:
+            lines.append(f"| {label} | " + " | ".join(cell(r) for _, r in runs) + " |")
     return "\n".join(lines)
+
+
+# Children by name, for --child.
+METHODS = {
+    "attnfast": ingest_attnfast,
+    "seed": ingest_seed,
+    "executemany": ingest_executemany,
+    "sql_writes": sql_writes,
+    "large": large_database,
+}
 
 
 def main() -> None:
@@ -714,7 +727,7 @@ def main() -> None:
         ),
         "memory": lambda: bench_memory(quick, baseline),
         "sql": lambda: bench_sql(2_000 if quick else 20_000, baseline),
-        "large": lambda: bench_large(200_000 if quick else 10_000_000),
+        "large": lambda: bench_large(200_000 if quick else 10_000_000, baseline),
     }
     (HERE / "results").mkdir(exist_ok=True)
     for name, bench in benches.items():

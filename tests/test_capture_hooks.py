@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import attnfast
-from attnfast import CaptureError, FingerprintStore
+from attnfast import CaptureError, FingerprintStore, InvalidInputError
 from attnfast.models import ByteTokenizer, CausalLMConfig, TinyCausalLM
 from capture_models import eager_rows, gpt2, llama_gqa, reference_fingerprint
 
@@ -171,6 +171,14 @@ def test_minilm_pretrained_prefill_rows_match_eager() -> None:
         q, n = r.position, lengths[r.sequence]
         ref = attnfast.compute_fingerprints(rows[:, r.sequence, :, q, :n].numpy(), np.array([q]))
         np.testing.assert_allclose(r.fingerprint, ref[0], atol=TOL)
+    # Without prefill=True an encoder has no step to record: refused, not a silent row or two.
+    for model in (sdpa, eager):
+        with (
+            pytest.raises(CaptureError, match=r"not causal.*use prefill=True"),
+            attnfast.capture(model, tokenizer=tok),
+            torch.no_grad(),
+        ):
+            model(**enc)
 
 
 def test_torch_multihead_attention() -> None:
@@ -213,10 +221,17 @@ def test_store_and_callback_sinks(tmp_path: Any) -> None:
 
 def test_bad_options_are_refused(tmp_path: Any) -> None:
     model = small_reference_model()
-    with pytest.raises(CaptureError, match="mode must be one of"):
+    # Bad option values are bad input: InvalidInputError, also a ValueError.
+    with pytest.raises(ValueError, match="mode must be one of"):
         attnfast.capture(model, "rows")
-    with pytest.raises(CaptureError, match=r"layers \[5\] are not in the model's 3 attention"):
+    with pytest.raises(InvalidInputError, match=r"layers \[5\] are not in the model's 3 atten"):
         attnfast.capture(model, layers=[5])
+    for option, value in [("every_n", 0), ("topk", 0), ("heads", [-1])]:
+        with pytest.raises(InvalidInputError, match=f"{option} must be"):
+            attnfast.capture(model, **{option: value})
+    with pytest.raises(InvalidInputError, match=r"must end in \.attn, got '.*x\.db'"):
+        attnfast.capture(model, "full", sink=str(tmp_path / "x.db"))
+    assert not (tmp_path / "x.db").exists()
     with pytest.raises(CaptureError, match="use mode='full'"):
         attnfast.capture(model, sink=str(tmp_path / "x.attn"))
     with pytest.raises(CaptureError, match="found no attention layers in Linear"):
@@ -255,13 +270,14 @@ def test_device_path_equals_cpu_path(mode: str) -> None:
             np.testing.assert_allclose(a.attention, b.attention, atol=1e-6)
 
 
-def test_prefill_rows_go_to_the_store_under_prompt(tmp_path: Any) -> None:
+@pytest.mark.parametrize("mode", ["fingerprint", "topk"])
+def test_prefill_rows_go_to_the_store_under_prompt(tmp_path: Any, mode: str) -> None:
     model = small_reference_model()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
-    with attnfast.capture(model, prefill=True) as mem:
+    with attnfast.capture(model, mode, topk=3, prefill=True) as mem:
         model.generate(ids, 3)
     with FingerprintStore(tmp_path / "p.db") as store:
-        with attnfast.capture(model, sink=store, prefill=True, request_id="r"):
+        with attnfast.capture(model, mode, topk=3, sink=store, prefill=True, request_id="r"):
             model.generate(ids, 3)
         prompt = store.read(request_id="r/prompt")
         decode = store.read(request_id="r")
@@ -270,6 +286,11 @@ def test_prefill_rows_go_to_the_store_under_prompt(tmp_path: Any) -> None:
         assert prompt.column("token_id").to_pylist() == [2, 3, 4, 5]
         assert prompt.column("sink_token_mass").to_pylist() == [None] * 4
         assert decode.column("step").to_pylist() == [0, 1, 2]
+        # Prompt rows lead the sink's batch and carry no top-k; the decode steps keep theirs.
+        assert prompt.column("top_k_positions").to_pylist() == [None] * 4
+        steps = [r for r in mem.records if r.step is not None]
+        want_topk = [r.topk_positions.tolist() if mode == "topk" else None for r in steps]
+        assert decode.column("top_k_positions").to_pylist() == want_topk
     want = np.stack([r.fingerprint for r in mem.records if r.step is None])
     got = np.stack(prompt.column("fingerprint").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(got, want, atol=1e-7)

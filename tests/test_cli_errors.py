@@ -1,6 +1,6 @@
 """Every command of ``attnfast`` with bad input: one line on stderr, exit status 2, no
-traceback, and no file left behind that was not there before. And damaged capture files,
-named by file and chunk."""
+traceback, no file left behind that was not there before, and every file that was there
+unchanged. And damaged capture files, named by file and chunk."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnfast import CaptureWriter
+from attnfast import CaptureWriter, FingerprintStore
 from attnfast.cli import app
 from attnfast.synthetic import fingerprints
 
@@ -28,11 +28,11 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def capture_file(path: Path, steps: int = 6, chunk_bytes: int = 4 << 20) -> None:
+def capture_file(path: Path, steps: int = 6, chunk_bytes: int = 4 << 20, every_n: int = 1) -> None:
     tokens = [{"token_id": i, "text": "a.", "position": i, "sentence_id": i} for i in range(4)]
-    with CaptureWriter(path, {"model": "m", "sequences": [{"prompt_tokens": tokens}]},
-                       chunk_bytes=chunk_bytes) as w:  # fmt: skip
-        for t in range(steps):
+    meta = {"model": "m", "every_n": every_n, "sequences": [{"prompt_tokens": tokens}]}
+    with CaptureWriter(path, meta, chunk_bytes=chunk_bytes) as w:
+        for t in range(0, steps, every_n):
             row = np.full((1, 1, 4 + t), 1 / (4 + t), np.float32)
             w.write_step(sequence=0, step=t, token_id=t, position=4 + t, timestamp_ms=0,
                          text="x", attention=row)  # fmt: skip
@@ -53,13 +53,17 @@ def inputs(d: Path) -> None:
     (d / "garbage.parquet").write_bytes(b"PAR1 not really")
     (d / "prompts.txt").write_text('{"no_prompt": 1}\n')
     (d / "messages.jsonl").write_text("")
+    (d / "refused.jsonl").write_text('{"request_id": "r", "vector": [1, 2]}\n')
     (d / "empty").mkdir()
     capture_file(d / "ok.attn")
+    capture_file(d / "every2.attn", every_n=2)
     other = sqlite3.connect(d / "other.sqlite")
     other.execute("CREATE TABLE users (name TEXT)")
     other.commit()
     other.close()
     (d / "notadb.db").write_bytes(b"definitely not sqlite" * 50)
+    with FingerprintStore(d / "fp.db") as store:
+        store.append("r", [1, 2, 3, 4], fingerprints(4))
 
 
 BAD = [
@@ -72,6 +76,9 @@ BAD = [
     ["fingerprint", "wide.npy"],
     ["fingerprint", "attn.npy", "-o", "out.txt"],
     ["fingerprint", "attn.npy", "--query-positions", "a,b"],
+    ["fingerprint", "attn.npy", "--limit", "-1"],
+    ["fingerprint", "attn.npy", "-o", "fps.npy"],  # exists: --overwrite replaces it
+    ["fingerprint", "attn.npy", "-o", "nodir/fps.npy"],
     ["zones", "rows.fp"],
     ["zones", "fps.txt"],
     ["zones", "pickled.npy"],
@@ -80,6 +87,7 @@ BAD = [
     ["init", "--db", "empty"],
     ["init", "--db", "notadb.db"],
     ["ingest", "--db", "new.db", "missing.jsonl"],
+    ["ingest", "--db", "new.db", "refused.jsonl"],
     ["ingest", "--db", "new.db", "ok.attn"],
     ["ingest", "--db", "new.db", "fps.npy"],
     ["ingest", "--db", "new.db", "garbage.parquet"],
@@ -93,18 +101,23 @@ BAD = [
     ["query", "--db", "missing.db"],
     ["query", "--db", "notadb.db"],
     ["query", "--db", "other.sqlite"],
+    ["query", "--db", "fp.db", "--format", "json", "--out", "fps.npy"],
+    ["query", "--db", "fp.db", "--format", "parquet", "--out", "nodir/q.parquet"],
     ["stats", "--db", "missing.db"],
     ["stats", "--db", "notadb.db"],
     ["export", "--db", "missing.db", "--out", "out"],
+    ["export", "--db", "fp.db", "--out", "out", "--since", "1h", "--until", "2h"],
     ["sidecar", "--db", "new.db", "--max-body-mb", "0"],
     ["sidecar", "--db", "new.db", "--http", "nowhere"],
     ["capture", "--out", "new.db"],
     ["capture", "--out", "new.txt", "--prompt", "hi", "--mode", "full"],
     ["capture", "--out", "new.attn", "--prompt", "hi"],
+    ["capture", "--out", "ok.attn", "--prompt", "hi", "--mode", "full"],
     ["capture", "--out", "new.db", "--prompts", "missing.txt"],
     ["capture", "--out", "new.db", "--prompts", "prompts.txt"],
     ["capture", "--out", "new.db", "--prompt", "hi", "--layers", "a,b"],
     ["capture", "--out", "new.db", "--prompt", "hi", "--model", "no/such/dir"],
+    ["capture", "--out", "new.db", "--prompt", "hi", "--model", "empty"],  # no config.json
     ["capture", "--out", "new.db", "--prompt", "hi", "--max-new-tokens", "0"],
     ["capture", "--out", "new.db", "--prompt", "hi", "--layers", "9"],
     ["heatmap", "missing.attn", "--out", "h.png"],
@@ -112,10 +125,12 @@ BAD = [
     ["heatmap", "ok.attn", "--out", "h.txt"],
     ["heatmap", "ok.attn", "--out", "h.png", "--by", "word"],
     ["heatmap", "ok.attn", "--out", "h.png", "--sequence", "3"],
+    ["heatmap", "ok.attn", "--out", "fps.npy.png"],
     ["replay-eviction", "ok.attn", "--budget", "0"],
     ["replay-eviction", "ok.attn", "--budget", "4", "--policy", "lru"],
     ["replay-eviction", "garbage.attn", "--budget", "4"],
     ["replay-eviction", "ok.attn", "--budget", "4", "--sequence", "2"],
+    ["replay-eviction", "every2.attn", "--budget", "4"],
     ["prune-sim", "--drop", "1.5"],
     ["prune-sim", "--drop", "-0.1"],
     ["prune-sim", "--prompt", ""],
@@ -125,6 +140,7 @@ BAD = [
     ["convert", "garbage.json", "--to", "attn", "--out", "c.attn"],
     ["convert", "garbage.attn", "--to", "json", "--out", "c.json"],
     ["convert", "ok.attn", "--to", "json", "--out", "ok.attn"],
+    ["convert", "ok.attn", "--to", "json", "--out", "garbage.json"],
     ["convert", "ok.attn", "--to", "json", "--out", "c.json", "--sequence", "4"],
 ]
 
@@ -138,7 +154,10 @@ def test_every_command_has_a_bad_input_case() -> None:
 @pytest.mark.parametrize("args", BAD, ids=[" ".join(a) for a in BAD])
 def test_bad_input_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:
     inputs(tmp_path)
+    if "fps.npy.png" in args:
+        (tmp_path / "fps.npy.png").write_bytes(b"an image drawn earlier")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    contents = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     done = run(args, tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, (done.stdout, done.stderr)
@@ -147,6 +166,8 @@ def test_bad_input_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> 
     assert "Traceback" not in done.stderr + done.stdout
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert after == before, set(after) - set(before)
+    changed = [p.name for p, data in contents.items() if p.read_bytes() != data]
+    assert not changed, changed
 
 
 def test_damaged_capture_files_are_named_by_chunk(tmp_path: Path) -> None:
@@ -176,3 +197,16 @@ def test_damaged_capture_files_are_named_by_chunk(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "metadata header (chunk 0, byte 16) is damaged" in done.stderr
     assert not (tmp_path / "h.png").exists()
+
+
+def test_unreadable_arrays_say_what_they_are(tmp_path: Path) -> None:
+    inputs(tmp_path)
+    (tmp_path / "text.npy").write_text("hello")
+    for name, said in [
+        ("pickled.npy", "holds an object array (a pickle): refused"),
+        ("text.npy", "is not a .npy file"),
+        ("garbage.npy", "is not a readable .npy array"),
+    ]:
+        done = run(["fingerprint", name], tmp_path)
+        assert done.returncode == 2
+        assert said in done.stderr, done.stderr

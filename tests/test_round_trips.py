@@ -89,6 +89,11 @@ def test_export_ingest_export_is_equal(tmp_path: Path) -> None:
         keys = ("rows", "rows_by_layout", "zones", "unzoned_rows", "invalid_rows", "requests")
         assert {k: s1.stats()[k] for k in keys} == {k: s2.stats()[k] for k in keys}
         assert summaries(s1) == summaries(s2)
+    # --layout is for untagged vectors: each exported row keeps its own schema_version.
+    third = tmp_path / "c.db"
+    run("ingest", "--db", str(third), "--layout", "sglang", str(tmp_path / "e1"))
+    with FingerprintStore(first) as s1, FingerprintStore(third) as s3:
+        assert s3.stats()["rows_by_layout"] == s1.stats()["rows_by_layout"]
 
 
 def summaries(store: FingerprintStore) -> dict[str, dict[str, Any]]:

@@ -123,6 +123,23 @@ def test_http_endpoints(sidecar: Sidecar, rng: np.random.Generator) -> None:
     assert (body["status"], body["stored"], body["duplicates"]) == ("accepted", 1, 0)
     assert body["classification"]["manifold"]["zone"] == "syntax_floor"
     assert body["classification"]["schema_version"] == 1
+    assert (body["layout"], body["zone"]) == ("v1", "syntax_floor")  # the row as stored
+    # The reply's zone is the stored row's: the message's own, not the rules' verdict.
+    given = {
+        "request_id": "h4",
+        "step": 1,
+        "vector": local,
+        "manifold": {"zone": "structure_ripple"},
+    }
+    body = sidecar.call("POST", "/fingerprint", given)[1]
+    assert (body["zone"], body["classification"]["manifold"]["zone"]) == (
+        "structure_ripple",
+        "syntax_floor",
+    )
+    sglang = fingerprints(1, layout="sglang")[0].tolist()
+    tagged = {"request_id": "h5", "step": 1, "vector": sglang, "layout": "sglang"}
+    body = sidecar.call("POST", "/fingerprint", tagged)[1]
+    assert (body["stored"], body["layout"], body["zone"]) == (1, "sglang", None)
     # The same step again (a client retrying): stored already, and said so.
     status, body = sidecar.call(
         "POST", "/fingerprint", {"request_id": "h1", "step": 3, "vector": local}
@@ -162,13 +179,15 @@ def test_http_endpoints(sidecar: Sidecar, rng: np.random.Generator) -> None:
     assert (body["status"], body["stored"], body["duplicates"]) == ("duplicate", 0, 2)
 
     status, body = sidecar.call("POST", "/storage/flush")
-    assert (status, body) == (200, {"status": "flushed", "rows": 7})
+    assert (status, body) == (200, {"status": "flushed", "rows": 9})
     status, stats = sidecar.call("GET", "/stats")
-    assert stats["storage"]["rows"] == 7
-    assert stats["counters"]["http_rows"] == 7
+    assert stats["storage"]["rows"] == 9
+    assert stats["counters"]["http_rows"] == 9
     assert stats["counters"]["http_duplicates"] == 4
 
     assert rows(sidecar.db, "h1")["step"].tolist() == [3]
+    assert rows(sidecar.db, "h4")["manifold_zone"] == ["structure_ripple"]
+    assert rows(sidecar.db, "h5")["manifold_zone"] == [None]
     h2 = rows(sidecar.db, "h2")
     assert h2["step"].tolist() == [1, 2, 7, 8]  # a missing step follows the request's last one
     assert h2["manifold_zone"] == ["semantic_bridge"] * 4  # the message's own zone is kept
@@ -181,6 +200,8 @@ def test_http_endpoints(sidecar: Sidecar, rng: np.random.Generator) -> None:
 def test_bad_input_is_refused_and_counted(sidecar: Sidecar, rng: np.random.Generator) -> None:
     sidecar.call("POST", "/fingerprints", [message("keep", 1, rng)])
     not_v1 = {"request_id": "x", "vector": [0.05] * 20}
+    unpaired = message("bad", 2, rng)
+    unpaired["metadata"] = {"top_k_positions": [1, 2], "top_k_scores": [0.5]}
     cases = [
         ("/fingerprint", b"{not json", "application/json", 400, "not valid JSON"),
         ("/fingerprint", json.dumps({"request_id": "x", "vector": [1.0] * 19}).encode(),
@@ -191,6 +212,8 @@ def test_bad_input_is_refused_and_counted(sidecar: Sidecar, rng: np.random.Gener
          "vector is not a v1 vector: it has masses (indices 0..2) summing to"),
         ("/fingerprints", json.dumps([message("bad", 1, rng), {"request_id": "bad"}]).encode(),
          "application/json", 422, r"fingerprints[1]: vector must be"),
+        ("/fingerprints", json.dumps([message("bad", 1, rng), unpaired]).encode(),
+         "application/json", 422, "fingerprints[1]: top_k_positions has 2 entries"),
         ("/fingerprints", b"[1, 2", "application/json", 400, "the body is not valid JSON"),
         ("/fingerprints", b'{"rows": []}', "application/json", 422, "list of messages"),
         ("/fingerprints?request_id=b", b"\0" * 81, "application/octet-stream", 400, "81"),
@@ -231,6 +254,11 @@ def test_bad_input_is_refused_and_counted(sidecar: Sidecar, rng: np.random.Gener
     assert "refused after" in json.loads(response.read())["error"]
     conn.close()
 
+    # Paths and methods it does not serve answer in the same shape.
+    assert sidecar.call("GET", "/nowhere") == (404, {"error": "GET /nowhere: Not Found"})
+    status, body = sidecar.call("GET", "/fingerprint")
+    assert (status, body) == (405, {"error": "GET /fingerprint: Method Not Allowed"})
+
     status, body = sidecar.call("POST", "/classify", {"vector": [0.0] * 20})
     assert status == 503
     assert "classifier unavailable" in body["error"]
@@ -240,7 +268,7 @@ def test_bad_input_is_refused_and_counted(sidecar: Sidecar, rng: np.random.Gener
     assert body["rows"] == 1  # the bad batch stored nothing, the good row is still there
     counters = sidecar.call("GET", "/stats")[1]["counters"]
     assert counters["http_400"] == 3
-    assert counters["http_422"] == 7
+    assert counters["http_422"] == 8
     assert counters["http_413"] == 2
     assert counters["http_503"] == 2
     assert rows(sidecar.db, "bad")["request_id"] == []
@@ -258,6 +286,10 @@ def test_zmq_messages_and_sigterm_flush(sidecar: Sidecar, rng: np.random.Generat
     push.send(b"{broken")
     push.send(json.dumps({"request_id": "z0", "vector": [float("nan")] * 20}).encode())
     push.send(json.dumps(message("z1", 5, rng, layout="sglang")).encode())  # a duplicate
+    # Breaks a list rule checked per message: refused alone, not with the batch it lands in.
+    unpaired = message("z0", 500, rng, layout="sglang")
+    unpaired["metadata"] = {"top_k_positions": [1, 2], "top_k_scores": [0.5]}
+    push.send(json.dumps(unpaired).encode())
     push.close(linger=5000)
     deadline = time.monotonic() + 60
     while True:
@@ -266,15 +298,16 @@ def test_zmq_messages_and_sigterm_flush(sidecar: Sidecar, rng: np.random.Generat
             break
         assert time.monotonic() < deadline, counters
         time.sleep(0.05)
-    assert counters["zmq_messages"] == sent + 3
+    assert counters["zmq_messages"] == sent + 4
     assert counters["zmq_rows"] == sent
     assert counters["zmq_duplicates"] == 1
-    assert counters["zmq_rejected"] == 2
+    assert counters["zmq_rejected"] == 3
     # No flush: SIGTERM must flush before the process exits, and say what it stored.
     sidecar.process.send_signal(signal.SIGTERM)
     assert sidecar.process.wait(timeout=60) == 0
     err = sidecar.process.communicate(timeout=60)[1]
     assert f"stopped; {sent:,} stored, 1 refused as duplicates" in err
+    assert "(first: ('z1', 5)); refused as invalid: 3 ZMQ message(s), 0 HTTP request(s)" in err
     with FingerprintStore(sidecar.db) as store:
         assert store.count() == sent
         stats = store.stats()

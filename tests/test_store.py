@@ -158,6 +158,11 @@ def test_filters(db: Path, rng: np.random.Generator) -> None:
         # ISO text with 'T' against a row later the same day: the seed's bug dropped these.
         iso = store.read(since="2026-05-01T13:30:00", format="numpy")
         assert sorted(set(iso["request_id"])) == ["req-2", "req-3", "req-4"]
+        # Unix seconds as a number or as text (what a command line passes) mean the same.
+        seconds = (base + timedelta(hours=2)).timestamp()
+        for as_given in (seconds, int(seconds), str(int(seconds)), f"{seconds:.1f}"):
+            got = store.read(since=as_given, format="numpy")["request_id"]
+            assert sorted(set(got)) == ["req-2", "req-3", "req-4"], as_given
         assert store.read(zone="semantic_bridge", format="numpy")["request_id"] == ["req-3"] * 10
         assert set(store.read(cluster_id=1, format="numpy")["request_id"]) == {"req-1", "req-3"}
         one = store.read(request_id="req-4", format="numpy")
@@ -345,3 +350,24 @@ def test_back_pressure_bounds_the_queue(db: Path, rng: np.random.Generator) -> N
         store.flush()
         assert store.count() == 25_000
     assert peak <= 1000
+
+
+def test_bad_arguments_are_value_errors_that_name_them(db: Path) -> None:
+    with FingerprintStore(db) as store:
+        for request_ids in (None, 5):
+            with pytest.raises(InvalidInputError, match="request_ids must be one string"):
+                store.append(request_ids, [1], fingerprints(1))
+        with pytest.raises(InvalidInputError, match="format must be 'arrow' or 'numpy'"):
+            store.read(format="pandas")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="cluster_id must be an integer"):
+            store.read(cluster_id="x")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="limit must be a non-negative integer"):
+            store.read(limit=2.5)  # type: ignore[arg-type]
+        # Nothing to write is not an error, whatever dtype numpy gives an empty list.
+        assert store.write("a", [], np.zeros((0, 20), np.float32)).stored == 0
+        taken = db.with_name("taken.npy")
+        taken.write_bytes(b"keep me")
+        with pytest.raises(InvalidInputError, match=f"{taken} is a file; export writes a folder"):
+            store.export_parquet(taken)
+        assert taken.read_bytes() == b"keep me"
+        assert store.count() == 0

@@ -38,6 +38,9 @@ def jsonl(tmp_path: Path, rng: np.random.Generator) -> Path:
                 vector = vectors[r * 25 + step - 1]
                 f.write(json.dumps({"request_id": f"r{r}", "step": step, "vector": vector}) + "\n")
         f.write('{"request_id": "r9", "vector": [1, 2]}\n')
+        # A list rule broken on one line: that line is skipped, the file's other rows stored.
+        unpaired = {"top_k_positions": [1, 2], "top_k_scores": [0.5]}
+        f.write(json.dumps({"request_id": "r9", "vector": vectors[0], "metadata": unpaired}))
     return path
 
 
@@ -45,8 +48,9 @@ def test_ingest_query_stats(tmp_path: Path, jsonl: Path, rng: np.random.Generato
     db = tmp_path / "fp.db"
     assert "ready, 0 rows" in run("init", "--db", str(db)).stdout
     out = run("ingest", "--db", str(db), str(jsonl))
-    assert "100 stored, 1 line(s) refused as invalid" in out.stdout
+    assert "100 stored, 2 line(s) refused as invalid" in out.stdout
     assert "vector must be a list of 20 numbers, got 2" in out.stderr
+    assert "messages.jsonl:102: top_k_positions has 2 entries but top_k_scores has 1" in out.stderr
 
     npy, packed = tmp_path / "a.npy", tmp_path / "b.fp"
     np.save(npy, fingerprints(7, seed=1))
@@ -78,6 +82,15 @@ def test_ingest_query_stats(tmp_path: Path, jsonl: Path, rng: np.random.Generato
     run("query", "--db", str(db), "--since", "1h", "--limit", "1000", "--format", "parquet",
         "--out", str(out_file))  # fmt: skip
     assert pq.read_table(out_file).num_rows == 110
+    # An existing --out is replaced only when asked.
+    again = ["query", "--db", str(db), "--request", "r1", "--format", "parquet", "--out",
+             str(out_file)]  # fmt: skip
+    refused = run(*again, check=False)
+    assert refused.returncode == 2
+    assert "exists; pass --overwrite" in refused.stderr
+    assert pq.read_table(out_file).num_rows == 110
+    run(*again, "--overwrite")
+    assert pq.read_table(out_file).num_rows == 25
 
 
 def test_cli_errors(tmp_path: Path) -> None:
@@ -197,3 +210,42 @@ def test_export_keeps_sparse_columns_however_written(tmp_path: Path) -> None:
     assert a["token_text"] == [None, None, "hello"]
     assert a["router_entropy"] == [None, None, None]
     assert exported(seed_path)["sink_token_mass"] == [0.25]
+
+
+def without_file_capabilities() -> list[str]:
+    """A command prefix under which file permissions hold: root's capabilities bypass them."""
+    if os.geteuid() != 0:
+        return []
+    caps = "-dac_override,-dac_read_search,-fowner"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_a_read_only_database_is_one_line_that_names_it(tmp_path: Path, read_only: str) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db = folder / "fp.db"
+    with FingerprintStore(db) as store:
+        store.append("r", [1, 2, 3], fingerprints(3))
+    before = db.read_bytes()
+    (db if read_only == "file" else folder).chmod(0o444 if read_only == "file" else 0o555)
+    try:
+        for args in (
+            ["stats"],
+            ["query", "--limit", "2"],
+            ["export", "--out", str(tmp_path / "x")],
+        ):
+            done = subprocess.run(
+                [*without_file_capabilities(), ATTNFAST, *args, "--db", str(db)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.count("\n") == 1, done.stderr
+            assert f"cannot open {db}" in done.stderr
+            assert "make it writable" in done.stderr
+            assert sorted(p.name for p in folder.iterdir()) == ["fp.db"]  # no -wal, no -shm
+            assert not (tmp_path / "x").exists()
+    finally:
+        db.chmod(0o644)
+        folder.chmod(0o755)
+    assert db.read_bytes() == before

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import attnfast
 from attnfast import FingerprintStore
 from attnfast.synthetic import fingerprints
 from seed_schema import create_seed_db, seed_insert
@@ -238,3 +239,28 @@ def test_rows_changed_with_sql_keep_the_views_right(tmp_path: Path) -> None:
         assert store.count() == 8
         assert store.stats()["rows"] == 8
     assert_summaries_match(sqlite3.connect(path))
+
+
+def test_converted_rows_without_a_zone_get_the_rule_zone(tmp_path: Path) -> None:
+    path = tmp_path / "seed.db"
+    seed = create_seed_db(path)
+    v1, sglang = fingerprints(5, seed=4), fingerprints(1, seed=5, layout="sglang")
+    rows = [{"request_id": "a", "step": i, "fingerprint": v.tolist()} for i, v in enumerate(v1)]
+    rows[0]["manifold_zone"] = "structure_ripple"  # the seed's classifier saw this one
+    rows.append(
+        {"request_id": "b", "step": 0, "fingerprint": sglang[0].tolist(), "schema_version": 1001}
+    )
+    seed_insert(seed, rows)
+    seed.close()
+    zones, confidences = attnfast.zone_of(v1)
+    with FingerprintStore(path) as store:
+        a = store.read(request_id="a", format="numpy")
+        assert a["manifold_zone"] == ["structure_ripple", *zones[1:]]
+        np.testing.assert_allclose(a["manifold_confidence"][1:], confidences[1:], rtol=1e-6)
+        # SGLang vectors are not zoned by rule: the row stays without a zone.
+        assert store.read(request_id="b", format="numpy")["manifold_zone"] == [None]
+        stats = store.stats()
+        assert stats["unzoned_rows"] == 1
+        assert sum(stats["zones"].values()) == 5
+        hourly = store.sql("SELECT sum(count) AS n FROM zone_distribution_hourly")
+        assert hourly[0]["n"] == 5  # the hourly counts include the zones given on the way in

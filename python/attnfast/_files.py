@@ -23,17 +23,29 @@ def existing_file(path: Path) -> Path:
     return path
 
 
+NPY_MAGIC = b"\x93NUMPY"
+NPZ_MAGIC = b"PK\x03\x04"
+
+
 def load_npy(path: Path, *, mmap: bool = False) -> NDArray[Any]:
     """One ``.npy`` array. Pickled object arrays are refused: loading one runs its code."""
     existing_file(path)
-    try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DecodeError(
-            f"{path} is not a readable .npy array ({e}); object arrays (pickles) are refused"
-        ) from None
-    if not isinstance(array, np.ndarray):
+    with path.open("rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic.startswith(NPZ_MAGIC):
         raise DecodeError(f"{path} is an .npz archive of several arrays; give one .npy array")
+    if magic != NPY_MAGIC:
+        # numpy would try it as a pickle and say so: misleading for a text or damaged file.
+        raise DecodeError(f"{path} is not a .npy file (it does not start with numpy's header)")
+    try:
+        array: NDArray[Any] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        if any(word in str(e) for word in ("allow_pickle", "pickled", "Python objects")):
+            raise DecodeError(
+                f"{path} holds an object array (a pickle): refused, since loading one runs "
+                "its code; save numbers (np.save of a float array)"
+            ) from None
+        raise DecodeError(f"{path} is not a readable .npy array ({e})") from None
     return array
 
 

@@ -65,6 +65,8 @@ def _nullable_ints(value: Any, rows: int, what: str) -> tuple[NDArray[np.int64],
 
 def ints(value: Any, rows: int, what: str) -> NDArray[np.int64]:
     arr = _rows_of(value, rows, what)
+    if arr.size == 0 and arr.dtype.kind == "f":  # an empty list: numpy calls it float64
+        return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
         raise DtypeError(f"{what} must be integers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.int64)

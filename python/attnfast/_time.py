@@ -16,6 +16,8 @@ from attnfast.exceptions import InvalidInputError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# A bare number is unix seconds (what `date +%s` prints, and what a command line passes as text).
+_SECONDS = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 
 
 def now_us() -> int:
@@ -41,6 +43,8 @@ def to_us(value: Any, what: str) -> int:
         if match:
             seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
             return now_us() - round(seconds * 1e6)
+        if _SECONDS.match(value):
+            return to_us(float(value), what)
         try:
             return to_us(datetime.fromisoformat(value.strip()), what)
         except ValueError:
@@ -49,6 +53,16 @@ def to_us(value: Any, what: str) -> int:
         f"{what} must be a datetime, unix seconds, ISO text or a duration such as 24h, 30m, "
         f"7d; got {value!r}"
     )
+
+
+def check_window(since_us: int | None, until_us: int | None) -> None:
+    """Refuses a window that ends before it starts: it can hold no row, and is most often
+    ``--since 1h --until 2h`` meant the other way round."""
+    if since_us is not None and until_us is not None and until_us <= since_us:
+        raise InvalidInputError(
+            f"until ({format_us(until_us)}) must be after since ({format_us(since_us)}); "
+            "durations count back from now, so --since 2h --until 1h is the hour before last"
+        )
 
 
 def to_us_array(value: Any, rows: int, what: str) -> NDArray[np.int64]:

@@ -30,7 +30,7 @@ from attnfast import _core
 from attnfast._arrays import float32_rows
 from attnfast._store_columns import OPTIONAL_COLUMNS, THINK_PHASES, ints, normalise_columns
 from attnfast._store_tables import as_arrow, as_numpy
-from attnfast._time import to_us
+from attnfast._time import check_window, to_us
 from attnfast.exceptions import InvalidInputError, MissingFileError, ShapeError, StoreError
 from attnfast.fingerprint import FINGERPRINT_DIM, ZONES
 from attnfast.layout import Layout
@@ -67,11 +67,10 @@ class Written:
         """``"12 stored, 3 refused as duplicates (first: ('r', 4))"``."""
         text = f"{self.stored:,} stored"
         if self.duplicates:
+            text += f", {self.duplicates:,} refused as duplicates of stored (request_id, step)"
+        if self.duplicate_rows:
             first = ", ".join(f"({r!r}, {s})" for r, s in self.duplicate_rows[:3])
-            text += (
-                f", {self.duplicates:,} refused as duplicates of stored (request_id, step)"
-                f" (first: {first})"
-            )
+            text += f" (first: {first})"
         return text
 
 
@@ -206,10 +205,15 @@ class FingerprintStore:
         ids: str | list[str]
         if isinstance(request_ids, str):
             ids = request_ids
-        else:
+        elif isinstance(request_ids, np.ndarray | Sequence):
             ids = request_ids.tolist() if isinstance(request_ids, np.ndarray) else list(request_ids)
             if len(ids) != rows:
                 raise ShapeError(f"request_ids has {len(ids)} rows but fingerprints has {rows}")
+        else:
+            raise InvalidInputError(
+                "request_ids must be one string or a sequence of strings (one per row), "
+                f"got {type(request_ids).__name__}"
+            )
         return ids, step_array, fps, Layout.of(layout).code, normalise_columns(rows, columns)
 
     def flush(self) -> None:
@@ -276,9 +280,18 @@ class FingerprintStore:
     ) -> tuple[Any, ...]:
         if zone is not None and zone not in ZONES:
             raise InvalidInputError(f"zone must be one of {', '.join(ZONES)}; got {zone!r}")
+        if cluster_id is not None and (
+            isinstance(cluster_id, bool) or not isinstance(cluster_id, int | np.integer)
+        ):
+            raise InvalidInputError(f"cluster_id must be an integer, got {cluster_id!r}")
+        if request_id is not None and not isinstance(request_id, str):
+            raise InvalidInputError(f"request_id must be a string, got {request_id!r}")
+        since_us = None if since is None else to_us(since, "since")
+        until_us = None if until is None else to_us(until, "until")
+        check_window(since_us, until_us)
         return (
-            None if since is None else to_us(since, "since"),
-            None if until is None else to_us(until, "until"),
+            since_us,
+            until_us,
             request_id,
             None if zone is None else ZONES.index(zone),
             cluster_id,
@@ -306,8 +319,12 @@ class FingerprintStore:
         (``format="arrow"``) or a dict of numpy arrays and lists (``format="numpy"``), with
         the seed's column names.
         """
-        if limit is not None and (isinstance(limit, bool) or int(limit) < 0):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0
+        ):
             raise InvalidInputError(f"limit must be a non-negative integer, got {limit!r}")
+        if format not in ("arrow", "numpy"):
+            raise InvalidInputError(f"format must be 'arrow' or 'numpy', got {format!r}")
         since_us, until_us, request, zone_code, cluster, layout_code = self._filters(
             since, until, request_id, zone, cluster_id, layout
         )
@@ -390,10 +407,13 @@ class FingerprintStore:
         """Writes the rows (optionally a time window) as Parquet under ``out_dir``, one folder
         per UTC day (``day=YYYY-MM-DD/part-0.parquet``, hive style). Refuses a folder that
         holds an earlier export unless ``overwrite``. Returns ``{"rows", "files"}``."""
+        since_us = None if since is None else to_us(since, "since")
+        until_us = None if until is None else to_us(until, "until")
+        check_window(since_us, until_us)
         rows, files = self._store.export_parquet(
             str(out_dir),
-            None if since is None else to_us(since, "since"),
-            None if until is None else to_us(until, "until"),
+            since_us,
+            until_us,
             overwrite,
             progress,
         )

@@ -62,7 +62,15 @@ def replay_eviction(
     window: int | None = None,
     observation: int = 8,
 ) -> EvictionReplay:
-    """Replays one policy on one sequence of a capture (see :func:`replay_rows`)."""
+    """Replays one policy on one sequence of a capture (see :func:`replay_rows`). The
+    capture must hold every step (``every_n=1``): a policy decides at each step."""
+    every_n = int(capture.meta.get("every_n") or 1)
+    if every_n > 1:
+        raise InvalidInputError(
+            f"{capture.path} kept one step in {every_n} (every_n={every_n}); eviction replay "
+            "needs every step's row, since each policy decides at every step: capture with "
+            "every_n=1 to replay"
+        )
     steps, rows = step_rows(capture, sequence)
     if not rows:
         raise InvalidInputError(f"the capture has no steps for sequence {sequence}")
@@ -120,9 +128,10 @@ def replay_rows(
     prompt_len = len(rows[0])
     for t, a in enumerate(rows):
         if len(a) != prompt_len + t:
+            label = t if steps is None else steps[t]
             raise InvalidInputError(
-                f"step {t} covers {len(a)} keys; consecutive steps must add one key each "
-                f"(step 0 covers {prompt_len})"
+                f"step {label} (row {t}) covers {len(a)} keys; consecutive steps must add one "
+                f"key each (the first covers {prompt_len}): replay needs every step"
             )
     seen = [np.asarray(r, dtype=np.float64) for r in prompt_rows]
     first = np.asarray(rows[0], dtype=np.float64)

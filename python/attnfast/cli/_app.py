@@ -13,12 +13,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from attnfast.exceptions import AttnfastError
+from attnfast.exceptions import AttnfastError, InvalidInputError, MissingFileError
 
 try:  # typer 0.2x raises its vendored copy of click's exceptions
     from typer._click import exceptions as click_errors
@@ -71,6 +72,21 @@ def user_errors() -> Iterator[None]:
             raise
         fail(_describe(e))
         raise typer.Exit(code=2) from e
+
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")]
+
+
+def new_output(path: Path, overwrite: bool) -> None:
+    """Refuses an ``--out`` file that exists, unless the user passed ``--overwrite``: no command
+    replaces a file it was not told to (a typo in ``--out`` must not destroy an input)."""
+    if path.is_dir():
+        raise InvalidInputError(f"--out {path} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise InvalidInputError(f"--out {path} exists; pass --overwrite to replace it")
+    if not path.absolute().parent.is_dir():
+        # Not made: a typo in a folder name should not create a tree of folders.
+        raise MissingFileError(f"--out {path}: the folder {path.parent} does not exist")
 
 
 def _companions(path: Path) -> list[Path]:

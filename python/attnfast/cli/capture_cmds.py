@@ -15,7 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from attnfast._files import existing_file
-from attnfast.cli._app import app, console, err_console, removed_on_failure, user_errors, warn
+from attnfast.cli._app import (
+    Overwrite,
+    app,
+    console,
+    err_console,
+    new_output,
+    removed_on_failure,
+    user_errors,
+    warn,
+)
 from attnfast.exceptions import InvalidInputError
 
 DEFAULT_PROMPT = (
@@ -134,8 +143,13 @@ def capture(
     topk: Annotated[int, typer.Option("--topk", min=1)] = 16,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing .attn --out.")
+    ] = False,
 ) -> None:
-    """Generate from prompts and capture the model's attention at every step."""
+    """Generate from prompts and capture the model's attention at every step.
+
+    A .attn --out is a new file (or --overwrite); a database --out gains the new requests."""
     from attnfast.models.loading import load_model
 
     with user_errors():
@@ -149,6 +163,8 @@ def capture(
                 f"--mode {mode.value} writes fingerprints to a database, not a .attn file: "
                 "use --mode full or a .db path"
             )
+        if mode is Mode.full:
+            new_output(out, overwrite)
         options = dict(
             mode=mode.value,
             layers=_ints(layers, "--layers"),
@@ -208,13 +224,14 @@ def _capture(
 @app.command()
 def heatmap(
     capture_path: Annotated[Path, typer.Argument(metavar="CAPTURE", help="A .attn capture file.")],
-    out: Annotated[Path, typer.Option("--out", help="The PNG to write.")],
+    out: Annotated[Path, typer.Option("--out", help="The image to write: .png, .svg or .pdf.")],
     by: Annotated[
         str, typer.Option("--by", help="'position' (step x prompt position) or 'sentence'.")
     ] = "position",
     sequence: Annotated[int, typer.Option("--sequence", min=0)] = 0,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Draw generation step x prompt position (or sentence) attention as a PNG."""
+    """Draw generation step x prompt position (or sentence) attention as an image."""
     from attnfast.analysis import prompt_attention, save_heatmap, sentence_attention
     from attnfast.analysis.heatmap import FORMATS
 
@@ -223,6 +240,7 @@ def heatmap(
             raise InvalidInputError(f"--out {out}: write a heatmap as {', '.join(FORMATS)}")
         if by not in ("position", "sentence"):
             raise InvalidInputError(f"--by must be 'position' or 'sentence', got {by!r}")
+        new_output(out, overwrite)
         f = open_capture(capture_path)
         with removed_on_failure(out):
             if by == "position":
@@ -352,6 +370,7 @@ def convert(
     sequence: Annotated[
         int, typer.Option("--sequence", min=0, help="Which sequence to export to JSON.")
     ] = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Convert between the binary capture format and the seed's JSON."""
     from attnfast.capture_file import CaptureFile
@@ -360,6 +379,7 @@ def convert(
         existing_file(source)
         if out.exists() and out.resolve() == source.resolve():
             raise InvalidInputError("--out must differ from the source")
+        new_output(out, overwrite)
         with removed_on_failure(out):
             if to is Target.json:
                 f = open_capture(source)

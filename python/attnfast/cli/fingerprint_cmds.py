@@ -14,7 +14,7 @@ from rich.table import Table
 
 import attnfast
 from attnfast._files import PACKED_SUFFIXES, load_fingerprints, load_npy
-from attnfast.cli._app import app, console, removed_on_failure, user_errors
+from attnfast.cli._app import Overwrite, app, console, new_output, removed_on_failure, user_errors
 from attnfast.exceptions import InvalidInputError
 
 
@@ -59,12 +59,15 @@ def fingerprint(
     query_positions: Annotated[
         str | None, typer.Option(help="Comma-separated query position of each step.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Rows to show when printing.")] = 20,
+    limit: Annotated[int, typer.Option(help="Rows to show when printing.", min=0)] = 20,
+    overwrite: Overwrite = False,
 ) -> None:
     """Compute v1 fingerprints of attention stored in a .npy file."""
     with user_errors():
-        if out is not None and out.suffix not in (".npy", *PACKED_SUFFIXES):
-            raise InvalidInputError(f"--out {out}: write .npy or packed rows (.fp, .bin)")
+        if out is not None:
+            if out.suffix not in (".npy", *PACKED_SUFFIXES):
+                raise InvalidInputError(f"--out {out}: write .npy or packed rows (.fp, .bin)")
+            new_output(out, overwrite)
         attn = load_npy(attn_path, mmap=True)
         try:
             q = [int(x) for x in query_positions.split(",")] if query_positions else None

@@ -23,7 +23,16 @@ from rich.table import Table
 
 from attnfast._files import PACKED_SUFFIXES, existing_file, load_npy, load_packed
 from attnfast._time import format_us
-from attnfast.cli._app import app, console, err_console, removed_on_failure, user_errors, warn
+from attnfast.cli._app import (
+    Overwrite,
+    app,
+    console,
+    err_console,
+    new_output,
+    removed_on_failure,
+    user_errors,
+    warn,
+)
 from attnfast.exceptions import (
     AttnfastError,
     DecodeError,
@@ -114,10 +123,13 @@ def _inputs(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _ingest_jsonl(store: FingerprintStore, path: Path, layout: str) -> tuple[Written, int]:
+def _ingest_jsonl(
+    store: FingerprintStore, path: Path, layout: str
+) -> tuple[Written, int, list[str]]:
+    """What the file became, how many lines were refused, and the first few refusals."""
     decoder = MessageDecoder(store, layout)
     tickets: list[Any] = []
-    bad = 0
+    bad, skipped = 0, []
     with _progress(bytes_=True) as progress, path.open("rb") as f:
         task = progress.add_task(f"ingest {path.name}", total=path.stat().st_size)
         first_line = 1
@@ -131,13 +143,12 @@ def _ingest_jsonl(store: FingerprintStore, path: Path, layout: str) -> tuple[Wri
             for index, message in errors:
                 bad += 1
                 if bad <= 5:
-                    where = escape(f"{path}:{numbered[index][0]}: {message}")
-                    err_console.print(f"[yellow]skipped[/yellow] {where}", soft_wrap=True)
+                    skipped.append(f"{path}:{numbered[index][0]}: {message}")
             first_line += len(lines)
             progress.advance(task, sum(len(line) for line in lines))
     if bad > 5:
-        err_console.print(f"[yellow]skipped[/yellow] {bad - 5} more bad line(s) of {path}")
-    return Written.wait(tickets), bad
+        skipped.append(f"{bad - 5} more bad line(s) of {path}")
+    return Written.wait(tickets), bad, skipped
 
 
 def _ingest_array(
@@ -176,6 +187,7 @@ def _parquet_fingerprints(path: Path, column: Any) -> np.ndarray:
 def _ingest_parquet(store: FingerprintStore, path: Path, layout: str | None) -> Written:
     """Parquet with the export's columns (request_id, step, fingerprint, optional ones). Each
     row's layout is its ``schema_version``; rows of different layouts are stored apart."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -203,10 +215,13 @@ def _ingest_parquet(store: FingerprintStore, path: Path, layout: str | None) -> 
                     columns[name] = col.to_pylist()
             ids = batch.column("request_id").to_pylist()
             steps = batch.column("step").to_numpy()
-            if layout is not None or "schema_version" not in names:
-                codes = np.full(len(ids), Layout.of(layout or "v1").code)
+            # A row's own tag wins; --layout (else v1) is for rows without one.
+            default = Layout.of(layout or "v1").code
+            if "schema_version" in names:
+                tags = pc.fill_null(batch.column("schema_version"), default)
+                codes = tags.to_numpy(zero_copy_only=False).astype(np.int64)
             else:
-                codes = batch.column("schema_version").to_numpy()
+                codes = np.full(len(ids), default)
             for code in np.unique(codes):
                 rows = np.flatnonzero(codes == code)
                 part = {k: _take(v, rows) for k, v in columns.items()}
@@ -252,16 +267,29 @@ def ingest(
         existed = db.exists()
         with removed_on_failure(db), FingerprintStore(db) as store:
             _opened(store)
-            total, bad_total = Written(), 0
+            total, bad_total, done = Written(), 0, []
             for path in files:
                 try:
-                    written, bad = _ingest_file(store, path, layout, request_id, start_step)
+                    written, bad, skipped = _ingest_file(
+                        store, path, layout, request_id, start_step
+                    )
                 except AttnfastError as e:
                     raise _failed_file(store, path, e, existed) from None
                 total, bad_total = total + written, bad_total + bad
-                refused = f", {bad:,} line(s) refused as invalid" if bad else ""
-                console.print(f"{path}: {written.summary()}{refused}", soft_wrap=True)
+                done.append((path, written, bad, skipped))
+            if bad_total and not (total.stored or total.duplicates):
+                # Nothing usable in the input: a failure (status 2; a new database is removed).
+                first = next(s for *_, skipped in done for s in skipped)
+                raise InvalidInputError(
+                    f"all {bad_total:,} line(s) were refused as invalid, nothing was stored; "
+                    f"the first: {first}"
+                )
             stats = store.stats()
+    for path, written, bad, skipped in done:
+        for line in skipped:
+            err_console.print(f"[yellow]skipped[/yellow] {escape(line)}", soft_wrap=True)
+        refused = f", {bad:,} line(s) refused as invalid" if bad else ""
+        console.print(f"{path}: {written.summary()}{refused}", soft_wrap=True)
     if len(files) > 1:
         refused = f", {bad_total:,} line(s) refused as invalid" if bad_total else ""
         console.print(f"{len(files)} files: {total.summary()}{refused}", soft_wrap=True)
@@ -274,16 +302,17 @@ def _ingest_file(
     layout: str | None,
     request_id: str | None,
     start_step: int,
-) -> tuple[Written, int]:
-    """What one file became, and how many of its lines were refused as invalid."""
+) -> tuple[Written, int, list[str]]:
+    """What one file became, how many of its lines were refused as invalid, and the first few
+    refusals (only JSONL refuses lines: other files are whole or fail)."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         return _ingest_jsonl(store, path, layout or "sglang")
     if suffix == ".parquet":
-        return _ingest_parquet(store, path, layout), 0
+        return _ingest_parquet(store, path, layout), 0, []
     assert request_id is not None
     fps = load_npy(path) if suffix == ".npy" else load_packed(path)
-    return _ingest_array(store, fps, request_id, start_step, layout or "v1"), 0
+    return _ingest_array(store, fps, request_id, start_step, layout or "v1"), 0, []
 
 
 def _failed_file(
@@ -316,7 +345,9 @@ TABLE_ROWS = 20
 @app.command()
 def query(
     db: Db,
-    since: Annotated[str | None, typer.Option(help="24h, 30m, 7d, or an ISO time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="24h, 30m, 7d, an ISO time or unix seconds.")
+    ] = None,
     until: Annotated[str | None, typer.Option(help="Like --since; exclusive.")] = None,
     zone: Annotated[str | None, typer.Option(help=", ".join(ZONES))] = None,
     request: Annotated[str | None, typer.Option("--request", help="One request id.")] = None,
@@ -332,6 +363,7 @@ def query(
     ] = None,
     format: Annotated[QueryFormat, typer.Option(help="Output format.")] = QueryFormat.table,
     out: Annotated[Path | None, typer.Option(help="File for json or parquet output.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Rows of a database, filtered; rows of one --request come in step order.
 
@@ -343,6 +375,8 @@ def query(
             raise InvalidInputError("--format parquet needs --out FILE")
         if format is QueryFormat.table and out is not None:
             raise InvalidInputError("--out is for --format json or parquet")
+        if out is not None:
+            new_output(out, overwrite)
         if limit is None:
             limit = TABLE_ROWS if format is QueryFormat.table else 0
         filters: dict[str, Any] = dict(
@@ -461,7 +495,7 @@ def stats(
 def export(
     db: Db,
     out: Annotated[Path, typer.Option("--out", help="Folder; one day=YYYY-MM-DD per day.")],
-    since: Annotated[str | None, typer.Option(help="24h, 7d, or an ISO time.")] = None,
+    since: Annotated[str | None, typer.Option(help="24h, 7d, an ISO time or unix seconds.")] = None,
     until: Annotated[str | None, typer.Option(help="Like --since; exclusive.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
 ) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from attnfast import _core
-from attnfast.exceptions import CaptureError
+from attnfast.exceptions import CaptureError, InvalidInputError
 from attnfast.hooks import device_fingerprint as dfp
 from attnfast.hooks.pending import (
     EMIT_AFTER_S,
@@ -118,11 +118,11 @@ class Capture:
         model_id: str | None = None,
     ) -> None:
         if mode not in MODES:
-            raise CaptureError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if every_n < 1:
-            raise CaptureError(f"every_n must be at least 1, got {every_n}")
+            raise InvalidInputError(f"every_n must be at least 1, got {every_n}")
         if topk < 1:
-            raise CaptureError(f"topk must be at least 1, got {topk}")
+            raise InvalidInputError(f"topk must be at least 1, got {topk}")
         self.model = model
         self.mode, self.every_n, self.topk, self.prefill = mode, every_n, topk, prefill
         self._topk_columns = topk if mode == "topk" else 0
@@ -134,7 +134,7 @@ class Capture:
             wanted = sorted(set(int(x) for x in layers))
             bad = [x for x in wanted if not 0 <= x < len(all_targets)]
             if bad or not wanted:
-                raise CaptureError(
+                raise InvalidInputError(
                     f"layers {bad or wanted} are not in the model's {len(all_targets)} "
                     f"attention layers (0..{len(all_targets) - 1})"
                 )
@@ -143,7 +143,9 @@ class Capture:
         self._slot = {id(t.module): n for n, t in enumerate(self.targets)}
         self.heads = None if heads is None else sorted(set(int(h) for h in heads))
         if self.heads is not None and (not self.heads or min(self.heads) < 0):
-            raise CaptureError(f"heads must be non-negative head indices, got {list(heads or [])}")
+            raise InvalidInputError(
+                f"heads must be non-negative head indices, got {list(heads or [])}"
+            )
         self.tokenizer = tokenizer if tokenizer is not None else _default_tokenizer(model)
         self._eos = _eos_ids(model, self.tokenizer)
         self._texts: dict[int, str] = {}
@@ -305,6 +307,16 @@ class Capture:
             pending[-1].tokens = ids  # the tokens the last step chose
         self._fw = _Forward(ids, kwargs.get("attention_mask"))
 
+    def _refuse_encoder_steps(self, module: nn.Module) -> None:
+        """An encoder's layer (one that says it is not causal) has no decode step: without
+        prefill=True the last row of each padded sequence would be recorded as if it were one,
+        and right-padded rows would be lost."""
+        if not self.prefill and getattr(module, "is_causal", True) is False:
+            raise CaptureError(
+                f"{type(module).__name__} is an encoder's attention (not causal): there are no "
+                "decode steps to record; use prefill=True to record every token's row"
+            )
+
     def _start(
         self, fw: _Forward, batch: int, q_len: int, n: int, heads: int, causal: bool
     ) -> bool:
@@ -403,6 +415,8 @@ class Capture:
             fw = self._fw
             if fw is None:
                 return  # called outside the model's forward (a layer used on its own)
+            if not fw.started:
+                self._refuse_encoder_steps(module)
             if not fw.started and not self._start_observed(fw, query, key, is_causal):
                 return
             if fw.lean:
@@ -472,6 +486,8 @@ class Capture:
             return
         q_len, n = weights.shape[-2], weights.shape[-1]
         causal = bool(getattr(module, "is_causal", True))
+        if not fw.started:
+            self._refuse_encoder_steps(module)
         if not fw.started and not self._start(
             fw, weights.shape[0], q_len, n, weights.shape[1], causal
         ):

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from attnfast.capture_file import CaptureWriter
-from attnfast.exceptions import CaptureError
+from attnfast.exceptions import CaptureError, InvalidInputError
 from attnfast.hooks.records import StepRecord
 from attnfast.store import FingerprintStore, Written
 
@@ -89,7 +89,8 @@ class StoreSink:
         }
         if self.model_id is not None:
             columns["model_id"] = self.model_id
-        if rows[0].topk_positions is not None:
+        # Any row, not the first: prompt rows (prefill=True) carry no top-k and may lead a batch.
+        if any(r.topk_positions is not None for r in rows):
             columns["top_k_positions"] = [r.topk_positions for r in rows]
             columns["top_k_scores"] = [r.topk_scores for r in rows]
         self.tickets.append(
@@ -154,6 +155,13 @@ def make_sink(sink: Any, *, mode: str, model_id: str | None, meta: dict[str, Any
             raise CaptureError(
                 "capture writes the binary .attn format; convert it to the seed's JSON "
                 "afterwards with `attnfast convert --to json`"
+            )
+        if Path(sink).suffix != ".attn":
+            # Most likely a database path: writing a capture file under that name would
+            # leave a file no store can open.
+            raise InvalidInputError(
+                f"a capture file path must end in .attn, got {str(sink)!r}; for fingerprints "
+                "in a database, pass FingerprintStore(path) as the sink"
             )
         return FileSink(sink, meta)
     if callable(sink):

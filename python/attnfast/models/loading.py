@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,25 @@ def load_model(
             f"--model must be 'builtin' or a local Hugging Face model directory; {spec} is not a "
             "directory (attnfast never downloads models)"
         )
+    if not (path / "config.json").is_file():
+        raise CaptureError(
+            f"{spec} is not a Hugging Face model directory (it has no config.json); attnfast "
+            "loads local models only"
+        )
     try:
+        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - transformers is optional
         raise CaptureError("loading a Hugging Face model needs `pip install transformers`") from e
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, attn_implementation="sdpa", local_files_only=True
-    )
+    if not sys.stderr.isatty():  # no progress bars in logs and pipes
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, attn_implementation="sdpa", local_files_only=True
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise CaptureError(f"cannot load the model in {spec}: {e}") from None
     model.eval()  # type: ignore[no-untyped-call]
     return model, tokenizer, path.name
 

@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from attnfast import _core
 from attnfast.exceptions import AttnfastError, InvalidInputError, MissingFileError
@@ -39,6 +40,8 @@ MAX_BODY_BYTES = 64 << 20
 ZMQ_BATCH = 20_000
 # Bodies at least this large hand their freed memory back to the system once handled.
 LARGE_BODY = 1 << 20
+# Statuses that refuse a request's data (unreadable, too large, invalid), for the summary.
+BAD_INPUT_STATUSES = (400, 413, 422)
 
 
 class Sidecar:
@@ -60,6 +63,7 @@ class Sidecar:
         self.max_body_bytes = max_body_bytes
         self.started = time.time()
         self.counters: Counter[str] = Counter()
+        self.written = Written()  # all sources: what the shutdown line reports
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -75,6 +79,8 @@ class Sidecar:
 
     def count_written(self, source: str, written: Written) -> None:
         """Rows stored and rows refused as duplicates, counted apart."""
+        with self._lock:
+            self.written = self.written + written
         self.count(f"{source}_rows", written.stored)
         if written.duplicates:
             self.count(f"{source}_duplicates", written.duplicates)
@@ -153,14 +159,17 @@ class Sidecar:
         self.store.close()
 
     def summary(self) -> str:
-        """What the sidecar stored and refused, in one line."""
+        """What the sidecar stored and refused, in one line. ZMQ refuses messages one by one;
+        HTTP refuses whole requests (a bad batch stores nothing), so those are counted as
+        requests, by the statuses that mean bad input."""
         with self._lock:
             c = Counter(self.counters)
-        written = Written(
-            c["http_rows"] + c["zmq_rows"], c["http_duplicates"] + c["zmq_duplicates"]
+            written = self.written
+        requests = sum(c[f"http_{status}"] for status in BAD_INPUT_STATUSES)
+        return (
+            f"{written.summary()}; refused as invalid: {c['zmq_rejected']:,} ZMQ message(s), "
+            f"{requests:,} HTTP request(s)"
         )
-        refused = c["zmq_rejected"] + sum(n for k, n in c.items() if k[5:].isdigit())
-        return f"{written.summary()}, {refused:,} refused as invalid"
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -200,6 +209,15 @@ def rule_classification(vector: np.ndarray, layout: Layout) -> dict[str, Any]:
     }
 
 
+def stored_zone(message: dict[str, Any], layout: Layout, classification: dict[str, Any]) -> Any:
+    """The zone the store gives the message's row: the one it carries, else for v1 the rules'
+    (what the classification says), else none (SGLang rows are not zoned by rule)."""
+    given = (message.get("manifold") or {}).get("zone")
+    if given is not None:
+        return given
+    return classification["manifold"]["zone"] if layout is Layout.V1 else None
+
+
 def written_reply(written: Written, received: int) -> dict[str, Any]:
     """What a batch became: ``status`` is ``accepted`` when every row was stored,
     ``duplicate`` when none was (every one repeated a stored ``(request_id, step)``), and
@@ -237,6 +255,13 @@ def create_app(sidecar: Sidecar) -> Any:
         sidecar.count(f"http_{status}", error=str(e))
         return JSONResponse({"error": str(e)}, status_code=status)
 
+    @app.exception_handler(HTTPException)
+    async def not_served(request: Request, e: HTTPException) -> JSONResponse:
+        # A path or method the sidecar does not serve: the same {"error": ...} shape.
+        sidecar.count(f"http_{e.status_code}")
+        what = f"{request.method} {request.url.path}: {e.detail}"
+        return JSONResponse({"error": what}, status_code=e.status_code, headers=e.headers)
+
     http_decoder = MessageDecoder(sidecar.store, "v1")
 
     async def body_of(request: Request) -> bytearray:
@@ -254,19 +279,23 @@ def create_app(sidecar: Sidecar) -> Any:
     async def post_fingerprint(request: Request) -> Any:
         body = await body_of(request)
 
-        def store() -> tuple[Written, Any, Layout]:
+        def store() -> tuple[Written, dict[str, Any]]:
             written = http_decoder.write_one(bytes(body))
-            message = json.loads(body)  # it decoded: this cannot fail now
-            vector = np.asarray(message["vector"], dtype=np.float32)
-            return written, vector, Layout.of(message.get("layout") or "v1")
+            return written, json.loads(body)  # it decoded: this cannot fail now
 
-        written, vector, layout = await run_in_threadpool(handled, body, store)
+        written, message = await run_in_threadpool(handled, body, store)
         sidecar.count_written("http", written)
+        vector = np.asarray(message["vector"], dtype=np.float32)
+        layout = Layout.of(message.get("layout") or "v1")
+        classification = rule_classification(vector, layout)
         return {
             "status": "accepted" if written.stored else "duplicate",
             "stored": written.stored,
             "duplicates": written.duplicates,
-            "classification": rule_classification(vector, layout),
+            # The row as stored (for a duplicate, the row that was there is kept instead).
+            "layout": layout.value,
+            "zone": stored_zone(message, layout, classification) if written.stored else None,
+            "classification": classification,
         }
 
     @app.post("/fingerprints")

@@ -191,7 +191,14 @@ impl Encoder {
 /// Refuses to mix a new export with an old one unless asked to replace it. A day folder
 /// without a Parquet file (left by a failed export, or made by hand) is no export.
 fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
-    fs::create_dir_all(dir)?;
+    if dir.exists() && !dir.is_dir() {
+        return Err(CoreError::Invalid(format!(
+            "{} is a file; export writes a folder (one day=YYYY-MM-DD folder per day)",
+            dir.display()
+        )));
+    }
+    fs::create_dir_all(dir)
+        .map_err(|e| CoreError::Store(format!("cannot create {}: {e}", dir.display())))?;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -206,7 +213,8 @@ fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
         }
         if !overwrite {
             return Err(CoreError::Invalid(format!(
-                "{} already holds an export ({name}); choose an empty folder or pass overwrite",
+                "{} already holds an export ({name}); choose an empty folder, or replace it with \
+                 overwrite=True (--overwrite on the command line)",
                 dir.display()
             )));
         }

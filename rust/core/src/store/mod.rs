@@ -96,6 +96,7 @@ impl Store {
     /// Opens (creating if needed) the database at `path`. A database made with the seed's own
     /// schema is converted in place, in one transaction.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store> {
+        connection::refuse_read_only(path)?;
         schema::refuse_foreign(path, opts.init)?;
         let mut conn = connection::open(path, &opts)?;
         let opened = schema::ensure_schema(&mut conn, &path.display().to_string(), opts.init)?;

@@ -2,6 +2,7 @@
 //! with the seed's own `schema.sql`. All of it runs in one transaction: all or nothing.
 
 use rusqlite::config::DbConfig;
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::checks::{SEED_ROW, STORED_ROW, first_problem};
@@ -9,6 +10,7 @@ use super::time::now_us;
 use super::{summary, triggers, vectors};
 use crate::error::{CoreError, Result};
 use crate::layout::Layout;
+use crate::zone::zone_of;
 
 /// Optional columns that are often NULL everywhere. `af_meta` gets a `has:<column>` row once
 /// one of them holds a value (by the writer, the view's trigger or an update trigger);
@@ -253,8 +255,10 @@ fn ensure_schema_inner(conn: &mut Connection, path: &str, init: bool) -> Result<
         }
         _ => {}
     }
+    // Written only when it changes: opening a database to read it leaves its bytes as they were.
     tx.execute(
-        "INSERT OR REPLACE INTO af_meta (key, value) VALUES ('store_schema', ?1)",
+        "INSERT INTO af_meta (key, value) VALUES ('store_schema', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value IS NOT excluded.value",
         [STORE_SCHEMA],
     )?;
     replace_changed_triggers(&tx)?;
@@ -345,8 +349,11 @@ fn quarantine(tx: &Transaction<'_>) -> Result<u64> {
 /// derived from the rows.
 fn rebuild(tx: &Transaction<'_>) -> Result<()> {
     let mut bad = Vec::new();
+    // v1 rows without a zone get the rule zone, as on every write path (the seed left rows
+    // its classifier had not seen NULL).
+    let mut unzoned = Vec::new();
     {
-        let mut stmt = tx.prepare("SELECT id, layout, fingerprint FROM af_fingerprints")?;
+        let mut stmt = tx.prepare("SELECT id, layout, fingerprint, zone FROM af_fingerprints")?;
         let mut rows = stmt.query([])?;
         let mut fp = Vec::with_capacity(20);
         while let Some(r) = rows.next()? {
@@ -362,6 +369,9 @@ fn rebuild(tx: &Transaction<'_>) -> Result<()> {
             let layout = Layout::from_code(r.get(1)?)?;
             if vectors::problem(layout, &fp).is_some() {
                 bad.push(r.get::<_, i64>(0)?);
+            } else if layout == Layout::V1 && r.get_ref(3)?.data_type() == Type::Null {
+                let (zone, confidence) = zone_of(fp[..].try_into().expect("20 floats"));
+                unzoned.push((r.get::<_, i64>(0)?, zone as u8, f64::from(confidence)));
             }
         }
     }
@@ -370,6 +380,13 @@ fn rebuild(tx: &Transaction<'_>) -> Result<()> {
     )?;
     for id in bad {
         flag.execute([id])?;
+    }
+    let mut zone = tx.prepare(
+        "UPDATE af_fingerprints SET zone = ?2,
+             manifold_confidence = coalesce(manifold_confidence, ?3) WHERE id = ?1",
+    )?;
+    for (id, code, confidence) in unzoned {
+        zone.execute(rusqlite::params![id, code, confidence])?;
     }
     tx.execute_batch(RECOUNT_SQL)?;
     for column in SPARSE_COLUMNS {

@@ -282,6 +282,35 @@ mod tests {
     }
 
     #[test]
+    fn list_rules_refuse_one_message_not_its_batch() {
+        let mut d = MessageDecoder::new(Layout::V1);
+        let unpaired =
+            v1_msg(r#", "metadata": {"top_k_positions": [1, 2], "top_k_scores": [0.5]}"#);
+        let experts: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+        let too_many = v1_msg(&format!(
+            r#", "metadata": {{"top_expert_ids": [{}]}}"#,
+            experts.join(",")
+        ));
+        let good = v1_msg("");
+        let raw: Vec<&[u8]> = vec![
+            good.as_bytes(),
+            unpaired.as_bytes(),
+            too_many.as_bytes(),
+            good.as_bytes(),
+        ];
+        let out = d.decode_raw(&raw, false);
+        assert_eq!(out.batches.iter().map(Batch::rows).sum::<usize>(), 2);
+        let errors: Vec<(usize, String)> = out
+            .errors
+            .iter()
+            .map(|(i, e)| (*i, e.to_string()))
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].0 == 1 && errors[0].1.contains("top_k_scores has 1"));
+        assert!(errors[1].0 == 2 && errors[1].1.contains("top_expert_ids has 5000 entries"));
+    }
+
+    #[test]
     fn steps_past_the_last_are_refused_per_message() {
         let mut d = MessageDecoder::new(Layout::V1);
         let last = v1_msg(&format!(r#", "step": {MAX_STEP}"#));
