@@ -43,6 +43,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from seed_schema import SEED_SCHEMA  # noqa: E402
 from timing import best_time  # noqa: E402
 
 STEPS_PER_REQUEST = 1000
+HTTP_CLIENTS = 4
 
 
 def dataset(rows: int, data: Path | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -394,6 +396,31 @@ def sidecar_rates(http_rows: int, zmq_messages: int, baseline: Path | None) -> d
             car.call("POST", "/storage/flush")
             out["http_binary_rows_per_s"] = http_rows / (time.perf_counter() - start)
 
+            # Clients at once, as an inference server's requests arrive: one waiting for its
+            # commit does not stop the others, so the wait costs latency more than rate.
+            def client(first: int) -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", car.http, timeout=600)
+                for b in range(first, http_rows // batch, HTTP_CLIENTS):
+                    conn.request("POST", f"/fingerprints?request_id=par{b}", body=packed,
+                                 headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+                    response = conn.getresponse()
+                    reply = json.loads(response.read())
+                    if response.status != 200 or reply.get("stored", batch) != batch:
+                        failures.append(reply)
+                conn.close()
+
+            failures: list[Any] = []
+
+            clients = [threading.Thread(target=client, args=(c,)) for c in range(HTTP_CLIENTS)]
+            start = time.perf_counter()
+            for t in clients:
+                t.start()
+            for t in clients:
+                t.join()
+            car.call("POST", "/storage/flush")
+            out["http_binary_clients_rows_per_s"] = http_rows / (time.perf_counter() - start)
+            assert not failures, failures[:3]
+
             messages = [
                 json.dumps(
                     {
@@ -420,7 +447,7 @@ def sidecar_rates(http_rows: int, zmq_messages: int, baseline: Path | None) -> d
             out["zmq_messages_per_s"] = zmq_messages / (time.perf_counter() - start)
             push.close()
             stats = car.call("GET", "/stats")[1]
-            assert stats["storage"]["rows"] == 2 * http_rows + zmq_messages, stats
+            assert stats["storage"]["rows"] == 3 * http_rows + zmq_messages, stats
             assert stats["counters"].get("zmq_rejected", 0) == 0, stats
         finally:
             car.stop()
@@ -609,6 +636,11 @@ def report(results: dict[str, Any]) -> str:
         for key, label, unit in (
             ("http_json_rows_per_s", "HTTP JSON batches of 1,000", "rows/s"),
             ("http_binary_rows_per_s", "HTTP binary batches of 1,000", "rows/s"),
+            (
+                "http_binary_clients_rows_per_s",
+                f"HTTP binary batches of 1,000, {HTTP_CLIENTS} clients at once",
+                "rows/s",
+            ),
             ("zmq_messages_per_s", "ZMQ, one JSON message per step", "messages/s"),
         ):
             cells = [f"{s[n][key]:,.0f} {unit}" for n in versions]
