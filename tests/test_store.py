@@ -251,7 +251,7 @@ def test_request_summary_counts(db: Path, rng: np.random.Generator) -> None:
         (
             {"top_k_positions": [[1, 2]], "top_k_scores": [[0.5]]},
             ShapeError,
-            "top_k_positions of row 0 has 2 entries but top_k_scores has 1",
+            "row 0: top_k_positions has 2 entries but top_k_scores has 1",
         ),
         ({"invalid": ["yes"]}, attnfast.DtypeError, "invalid must be booleans"),
         ({"fingerprints": np.zeros((1, 19), np.float32)}, ShapeError, r"\(T, 20\)"),

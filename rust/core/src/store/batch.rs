@@ -8,6 +8,31 @@ use crate::fingerprint::FINGERPRINT_DIM;
 use crate::layout::Layout;
 use crate::zone::{Zone, zone_of};
 
+/// The list rules of one row, from its lists' lengths (0 for none): one top-k score per
+/// position, at most `MAX_EXPERT_IDS` experts. Shared by batches and by decoded messages,
+/// which are refused one by one; `at` names the row, only when there is an error to name it in.
+pub fn list_lengths(
+    at: impl Fn() -> String,
+    positions: usize,
+    scores: usize,
+    experts: usize,
+) -> Result<()> {
+    if positions != scores && positions > 0 && scores > 0 {
+        return Err(CoreError::Shape(format!(
+            "{}top_k_positions has {positions} entries but top_k_scores has {scores}; they \
+             pair up",
+            at()
+        )));
+    }
+    if experts > MAX_EXPERT_IDS {
+        return Err(CoreError::Invalid(format!(
+            "{}top_expert_ids has {experts} entries; at most {MAX_EXPERT_IDS} are stored",
+            at()
+        )));
+    }
+    Ok(())
+}
+
 /// Codes of the seed's `think_phase` values, in the order of its CHECK.
 pub const THINK_PHASES: [&str; 3] = ["think", "output", "unknown"];
 
@@ -212,33 +237,25 @@ impl Batch {
         Ok(())
     }
 
-    /// What the readers and the view's rules need of the lists: a row with top-k positions
-    /// and scores has one score per position, scores are finite, at most `MAX_EXPERT_IDS`
-    /// experts per row.
+    /// What the readers and the view's rules need of the lists: `list_lengths` per row, and
+    /// finite scores.
     fn check_lists(&self) -> Result<()> {
-        if let (Some(p), Some(s)) = (&self.top_k_positions, &self.top_k_scores) {
-            for row in 0..p.rows() {
-                let (np, ns) = (p.row(row).len(), s.row(row).len());
-                if np != ns && np > 0 && ns > 0 {
-                    return Err(CoreError::Shape(format!(
-                        "top_k_positions of row {row} has {np} entries but top_k_scores has {ns}"
-                    )));
-                }
-            }
+        fn len<T: Copy>(c: &Option<ListColumn<T>>, row: usize) -> usize {
+            c.as_ref().map_or(0, |c| c.row(row).len())
+        }
+        for row in 0..self.rows() {
+            list_lengths(
+                || format!("row {row}: "),
+                len(&self.top_k_positions, row),
+                len(&self.top_k_scores, row),
+                len(&self.top_expert_ids, row),
+            )?;
         }
         if let Some(s) = &self.top_k_scores
             && let Some(row) = (0..s.rows()).find(|&r| s.row(r).iter().any(|v| !v.is_finite()))
         {
             return Err(CoreError::Invalid(format!(
                 "top_k_scores of row {row} holds a value that is not finite"
-            )));
-        }
-        if let Some(e) = &self.top_expert_ids
-            && let Some(row) = (0..e.rows()).find(|&r| e.row(r).len() > MAX_EXPERT_IDS)
-        {
-            return Err(CoreError::Invalid(format!(
-                "top_expert_ids of row {row} has {} entries; at most {MAX_EXPERT_IDS} are stored",
-                e.row(row).len()
             )));
         }
         Ok(())

@@ -7,8 +7,9 @@ use super::json::{Loose, Message, Num, Object};
 use crate::error::{CoreError, Result};
 use crate::fingerprint::FINGERPRINT_DIM;
 use crate::layout::Layout;
-use crate::store::batch::{Batch, ListColumn, MAX_STEP, NULL_CODE, THINK_PHASES, TextColumn};
-use crate::store::checks::MAX_EXPERT_IDS;
+use crate::store::batch::{
+    Batch, ListColumn, MAX_STEP, NULL_CODE, THINK_PHASES, TextColumn, list_lengths,
+};
 use crate::zone::Zone;
 
 /// One checked message, before its layout default and steps are applied.
@@ -182,8 +183,8 @@ fn object_fields<'a>(o: Option<&'a Object>, key: &str) -> Result<Option<&'a Obje
     }
 }
 
-/// The batch's list rules (`Batch::check_lists`), per message: a message that breaks them is
-/// refused alone rather than failing the batch it was decoded into.
+/// The batch's list rules, per message: a message that breaks them is refused alone rather
+/// than failing the batch it was decoded into.
 fn check_lists(fields: &[(Field, FieldValue)]) -> Result<()> {
     let len = |wanted: Field| {
         fields.iter().find_map(|(f, v)| match v {
@@ -192,23 +193,13 @@ fn check_lists(fields: &[(Field, FieldValue)]) -> Result<()> {
             _ => None,
         })
     };
-    if let (Some(np), Some(ns)) = (len(Field::TopKPositions), len(Field::TopKScores))
-        && np != ns
-        && np > 0
-        && ns > 0
-    {
-        return Err(bad(format!(
-            "top_k_positions has {np} entries but top_k_scores has {ns}; they pair up"
-        )));
-    }
-    if let Some(n) = len(Field::TopExpertIds)
-        && n > MAX_EXPERT_IDS
-    {
-        return Err(bad(format!(
-            "top_expert_ids has {n} entries; at most {MAX_EXPERT_IDS} are stored"
-        )));
-    }
-    Ok(())
+    let of = |f| len(f).unwrap_or(0);
+    list_lengths(
+        String::new,
+        of(Field::TopKPositions),
+        of(Field::TopKScores),
+        of(Field::TopExpertIds),
+    )
 }
 
 pub(super) fn check(m: Message) -> Result<Row> {
