@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # Extras installed for development and tests.
-EXTRAS := dev torch sidecar capture
+EXTRAS := dev torch sidecar capture discovery
 DEPS_STAMP := $(VENV)/.deps-stamp
 
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)

@@ -1,6 +1,7 @@
 """Type stubs of the private Rust extension. Use the public API in ``attnfast`` instead."""
 
 from collections.abc import Callable
+from os import PathLike
 from typing import Any, TypeAlias, final
 
 import numpy as np
@@ -12,6 +13,7 @@ __all__ = [
     "ZONE_NAMES",
     "CaptureReader",
     "CaptureWriter",
+    "Classifier",
     "MessageDecoder",
     "Store",
     "Ticket",
@@ -128,6 +130,13 @@ class Store:
         newest_first: bool,
     ) -> dict[str, Any]: ...
     def sql(self, sql: str, params: list[Any]) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+    def write_discovery(
+        self,
+        statements: list[tuple[str, list[list[Any]]]],
+        ids: NDArray[np.int64],
+        cluster_id: NDArray[np.int32],
+        probability: NDArray[np.float32],
+    ) -> int: ...
     def export_parquet(
         self,
         out_dir: str,
@@ -147,6 +156,44 @@ class MessageDecoder:
     def append_body(
         self, store: Store, body: bytes | bytearray
     ) -> tuple[list[Ticket], list[tuple[int, str]]]: ...
+    def set_classifier(self, classifier: Classifier | None) -> None: ...
+
+_Placements = tuple[
+    NDArray[np.float32], NDArray[np.float32], NDArray[np.int32], NDArray[np.float32]
+]
+
+@final
+class Classifier:
+    def __new__(
+        cls,
+        layout: str,
+        scaler_mean: list[float],
+        scaler_scale: list[float],
+        pca_mean: list[float],
+        pca_components: NDArray[np.float64],
+        fingerprints: NDArray[np.float32],
+        x: NDArray[np.float32],
+        y: NDArray[np.float32],
+        cluster_id: NDArray[np.int32],
+        probability: NDArray[np.float32],
+        neighbours: int,
+        search_leaves: int,
+    ) -> Classifier: ...
+    @staticmethod
+    def load(folder: str | PathLike[str]) -> Classifier: ...
+    @property
+    def layout(self) -> str: ...
+    @property
+    def dims(self) -> int: ...
+    @property
+    def neighbours(self) -> int: ...
+    @property
+    def search_leaves(self) -> int: ...
+    @property
+    def sample_rows(self) -> int: ...
+    def project(self, fingerprints: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    def assign(self, fingerprints: NDArray[np.float32]) -> _Placements: ...
+    def assign_one(self, fingerprint: NDArray[np.float32]) -> tuple[float, float, int, float]: ...
 
 @final
 class CaptureWriter:

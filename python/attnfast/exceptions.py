@@ -61,12 +61,19 @@ class CaptureFileError(AttnfastError):
     stay readable."""
 
 
+class ArtifactError(AttnfastError, ValueError):
+    """A discovery artifact folder that cannot be used: written by another attnfast format
+    version, a truncated or damaged file, a manifest that does not match its files. The message
+    names the file; run discovery again to replace it."""
+
+
 class CaptureError(AttnfastError):
     """A model whose attention cannot be captured, or capture options that do not fit it; the
     message says which module and what to change."""
 
 
 __all__ = [
+    "ArtifactError",
     "AttentionValueError",
     "AttnfastError",
     "BlobError",

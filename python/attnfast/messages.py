@@ -44,6 +44,12 @@ class MessageDecoder:
         self.store = store
         self._decoder = _core.MessageDecoder(Layout.of(default_layout).code)
 
+    def classify_with(self, classifier: Any) -> None:
+        """Gives every row stored from now on the cluster of ``classifier`` (a
+        :class:`~attnfast.discovery.SidecarClassifier`; None stops it), in Rust as the
+        messages are decoded. Rows that carry a ``cluster_id`` keep it."""
+        self._decoder.set_classifier(None if classifier is None else classifier._run.core)
+
     def append(
         self, messages: Sequence[bytes], *, all_or_nothing: bool = False
     ) -> tuple[int, Errors]:

@@ -111,4 +111,49 @@ def fingerprints(n: int, *, seed: int = 0, layout: str = "v1") -> NDArray[np.flo
     return out.astype(np.float32)
 
 
-__all__ = ["PATTERNS", "attention_pattern", "fingerprints"]
+def _dirichlet_rows(rng: np.random.Generator, alpha: NDArray[np.float64]) -> NDArray[np.float64]:
+    """One Dirichlet draw per row of ``alpha`` (numpy's ``dirichlet`` takes one alpha)."""
+    g = rng.standard_gamma(alpha)
+    total = g.sum(axis=1, keepdims=True)
+    return g / np.where(total > 0, total, 1.0)
+
+
+def planted(
+    n: int,
+    *,
+    clusters: int = 12,
+    noise: float = 0.05,
+    spread: float = 1.0,
+    seed: int = 0,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """``n`` valid v1 fingerprints drawn around ``clusters`` centres, plus a ``noise`` share of
+    uniform ones: data with a known answer, for testing and measuring discovery. Returns the
+    fingerprints and the true cluster of each (-1 for noise). ``spread`` widens every cluster
+    (1: masses and histogram drawn with concentration 300 around their centre, entropies
+    within 0.05 nats).
+
+    >>> fps, truth = planted(1000, clusters=8, seed=1)
+    >>> fps.shape, sorted(set(truth.tolist())) == list(range(-1, 8))
+    ((1000, 20), True)
+    """
+    if not isinstance(n, int) or n < 1 or not isinstance(clusters, int) or clusters < 1:
+        raise ShapeError(f"n and clusters must be positive integers, got {n!r} and {clusters!r}")
+    if not 0.0 <= noise < 1.0 or spread <= 0:
+        raise ShapeError(f"noise must be in [0, 1) and spread positive, got {noise}, {spread}")
+    rng = np.random.default_rng(seed)
+    centres = fingerprints(clusters, seed=seed + 1_000_003).astype(np.float64)
+    truth = rng.integers(0, clusters, n)
+    truth[rng.random(n) < noise] = -1
+    c = centres[np.maximum(truth, 0)]
+    concentration = 300.0 / spread
+    out = np.empty((n, 20))
+    out[:, 0:3] = _dirichlet_rows(rng, concentration * c[:, 0:3] + 0.05)
+    out[:, 4:12] = _dirichlet_rows(rng, concentration * c[:, 4:12] + 0.05)
+    out[:, 3] = np.clip(c[:, 3] + rng.normal(0, 0.05 * spread, n), 0, None)
+    out[:, 12:20] = np.clip(c[:, 12:20] + rng.normal(0, 0.05 * spread, (n, 8)), 0, None)
+    is_noise = truth < 0
+    out[is_noise] = fingerprints(int(is_noise.sum()), seed=seed + 7)
+    return out.astype(np.float32), truth
+
+
+__all__ = ["PATTERNS", "attention_pattern", "fingerprints", "planted"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from attnfast.cli import (  # noqa: F401  (registers commands)
     capture_cmds,
     core_cmds,
+    discovery_cmds,
     fingerprint_cmds,
     store_cmds,
 )

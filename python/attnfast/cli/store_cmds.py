@@ -534,7 +534,15 @@ def sidecar(
         str | None, typer.Option(help="ZMQ PULL endpoint to bind, e.g. tcp://127.0.0.1:5557.")
     ] = None,
     http: Annotated[str, typer.Option(help="HOST:PORT of the HTTP API.")] = "127.0.0.1:9000",
-    discovery: Annotated[Path | None, typer.Option(help="Discovery artifacts folder.")] = None,
+    discovery: Annotated[
+        Path | None,
+        typer.Option(
+            help="Discovery output folder: classify every stored row with its latest run."
+        ),
+    ] = None,
+    reload_seconds: Annotated[
+        float, typer.Option(help="How often to look for a new discovery run (0: never).", min=0)
+    ] = 300,
     zmq_layout: Annotated[
         LayoutName, typer.Option(help="Layout of ZMQ vectors without a tag.")
     ] = LayoutName.sglang,
@@ -562,6 +570,7 @@ def sidecar(
             host=host.strip("[]"),
             port=int(port),
             discovery_dir=discovery,
+            reload_interval_seconds=reload_seconds,
             zmq_layout=zmq_layout.value,
             synchronous=synchronous.value,
             max_body_bytes=int(max_body_mb * (1 << 20)),

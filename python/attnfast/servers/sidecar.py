@@ -9,6 +9,7 @@ Start it with ``attnfast sidecar --db fingerprints.db --zmq tcp://127.0.0.1:5557
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -27,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from attnfast import _core
-from attnfast.exceptions import AttnfastError, InvalidInputError, MissingFileError
+from attnfast.exceptions import AttnfastError, DecodeError, InvalidInputError, MissingFileError
 from attnfast.fingerprint import unpack_fingerprints, zone_of
 from attnfast.layout import Layout
 from attnfast.messages import MessageDecoder
@@ -54,6 +55,7 @@ class Sidecar:
         zmq_endpoint: str | None = None,
         zmq_layout: Layout | str = "sglang",
         discovery_dir: Path | None = None,
+        reload_interval_seconds: float = 300,
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.store = store
@@ -70,6 +72,64 @@ class Sidecar:
         self._zmq_thread: threading.Thread | None = None
         self._zmq_ready = threading.Event()
         self._zmq_error: BaseException | None = None
+        # The classifier and the decoders that classify as they store (HTTP's and ZMQ's).
+        self.reload_interval_seconds = reload_interval_seconds
+        self.classifier: Any = None
+        self.classifier_error: str | None = None
+        self._decoders: list[MessageDecoder] = []
+        self._reload_thread: threading.Thread | None = None
+        if discovery_dir is not None:
+            # A folder with no run yet is fine: the hourly job fills it, the reload finds it.
+            with contextlib.suppress(AttnfastError):
+                self.reload_classifier()
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def decoder(self, layout: Layout | str) -> MessageDecoder:
+        """A message decoder whose rows get the classifier's cluster as they are stored."""
+        d = MessageDecoder(self.store, layout)
+        with self._lock:
+            self._decoders.append(d)
+            d.classify_with(self.classifier)
+        return d
+
+    def reload_classifier(self) -> bool:
+        """Loads the newest run of ``--discovery`` (the first time, or when ``latest`` moved);
+        returns whether the classifier changed. A broken run keeps the current one in use."""
+        from attnfast.discovery.classifier import SidecarClassifier
+
+        if self.discovery_dir is None:
+            raise UnavailableError("classifier unavailable: no --discovery folder was given")
+        try:
+            if self.classifier is None:
+                loaded = SidecarClassifier(self.discovery_dir, self.reload_interval_seconds)
+                changed = True
+            else:
+                loaded, changed = self.classifier, self.classifier.reload()
+        except AttnfastError as e:
+            self.classifier_error = str(e)
+            if self.classifier is None:
+                raise UnavailableError(f"classifier unavailable: {e}") from None
+            raise
+        with self._lock:
+            self.classifier, self.classifier_error = loaded, None
+            for d in self._decoders:
+                d.classify_with(loaded)
+        return changed
+
+    def start_reloading(self) -> None:
+        """Checks ``--discovery`` for a new run every ``reload_interval_seconds``."""
+        if self.discovery_dir is None or self.reload_interval_seconds <= 0:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.reload_interval_seconds):
+                # A failure is kept in classifier_error, which /stats reports.
+                with contextlib.suppress(AttnfastError):
+                    self.reload_classifier()
+
+        self._reload_thread = threading.Thread(target=loop, name="attnfast-reload", daemon=True)
+        self._reload_thread.start()
 
     def count(self, key: str, n: int = 1, error: str | None = None) -> None:
         with self._lock:
@@ -113,7 +173,7 @@ class Sidecar:
             socket_.close()
             return
         self._zmq_ready.set()
-        decoder = MessageDecoder(self.store, self.zmq_layout)
+        decoder = self.decoder(self.zmq_layout)
         poller = zmq.Poller()
         poller.register(socket_, zmq.POLLIN)
         # Batches queued but not yet known stored: the receiver goes on while the writer
@@ -180,8 +240,17 @@ class Sidecar:
             "counters": counters,
             "last_error": last_error,
             "storage": self.store.stats(),
-            "classifier": {"loaded": False, "discovery_dir": _str(self.discovery_dir)},
+            "classifier": self.classifier_stats(),
         }
+
+    def classifier_stats(self) -> dict[str, Any]:
+        c = self.classifier
+        out: dict[str, Any] = {"loaded": c is not None, "discovery_dir": _str(self.discovery_dir)}
+        if c is not None:
+            out.update(c.stats)
+        if self.classifier_error is not None:
+            out["error"] = self.classifier_error
+        return out
 
 
 def _str(path: Path | None) -> str | None:
@@ -189,8 +258,8 @@ def _str(path: Path | None) -> str | None:
 
 
 def rule_classification(vector: np.ndarray, layout: Layout) -> dict[str, Any]:
-    """The seed's classification shape, from the zone rules (the discovery classifier is not
-    there yet). Rules apply to v1 vectors only; other layouts classify as unknown."""
+    """The seed's classification shape, from the zone rules (without a discovery run).
+    Rules apply to v1 vectors only; other layouts classify as unknown."""
     if layout is not Layout.V1:
         zone, confidence = "unknown", 0.0
     else:
@@ -262,7 +331,7 @@ def create_app(sidecar: Sidecar) -> Any:
         what = f"{request.method} {request.url.path}: {e.detail}"
         return JSONResponse({"error": what}, status_code=e.status_code, headers=e.headers)
 
-    http_decoder = MessageDecoder(sidecar.store, "v1")
+    http_decoder = sidecar.decoder("v1")
 
     async def body_of(request: Request) -> bytearray:
         return await read_body(request, sidecar.max_body_bytes)
@@ -287,7 +356,11 @@ def create_app(sidecar: Sidecar) -> Any:
         sidecar.count_written("http", written)
         vector = np.asarray(message["vector"], dtype=np.float32)
         layout = Layout.of(message.get("layout") or "v1")
-        classification = rule_classification(vector, layout)
+        classifier = sidecar.classifier
+        if classifier is not None and classifier.stats["layout"] == layout.value:
+            classification = classifier.classify(vector)
+        else:
+            classification = rule_classification(vector, layout)
         return {
             "status": "accepted" if written.stored else "duplicate",
             "stored": written.stored,
@@ -328,30 +401,75 @@ def create_app(sidecar: Sidecar) -> Any:
         def store() -> Written:
             fps = unpack_fingerprints(bytes(body))
             steps = np.arange(start, start + len(fps), dtype=np.int64)
-            return sidecar.store.write(request_id, steps, fps, layout=layout)
+            columns: dict[str, Any] = {}
+            classifier = sidecar.classifier
+            if classifier is not None and classifier.stats["layout"] == layout.value:
+                # Refuses the body if a row is not a vector of the layout: the store would.
+                found = classifier.classify_batch(fps)
+                columns = {
+                    "cluster_id": found["cluster_id"].astype(np.int64),
+                    "cluster_probability": found["cluster_probability"].astype(float),
+                }
+            return sidecar.store.write(request_id, steps, fps, layout=layout, **columns)
 
         written = await run_in_threadpool(handled, body, store)
         sidecar.count_written("http", written)
         return written_reply(written, written.stored + written.duplicates)
 
-    def no_classifier() -> UnavailableError:
-        where = (
-            f"discovery artifacts in {sidecar.discovery_dir} are not loaded"
-            if sidecar.discovery_dir
-            else "no --discovery folder was given"
-        )
-        return UnavailableError(
-            f"classifier unavailable: {where}; the online classifier arrives with the "
-            "discovery job. Zones from the seed's rules come with POST /fingerprint."
-        )
+    def loaded() -> Any:
+        if sidecar.classifier is None:
+            where = (
+                f"no discovery run could be loaded from {sidecar.discovery_dir}"
+                + (f" ({sidecar.classifier_error})" if sidecar.classifier_error else "")
+                if sidecar.discovery_dir
+                else "no --discovery folder was given"
+            )
+            raise UnavailableError(
+                f"classifier unavailable: {where}. Run `attnfast discover`, then POST "
+                "/discovery/reload. Zones from the seed's rules come with POST /fingerprint."
+            )
+        return sidecar.classifier
 
     @app.post("/classify")
-    async def classify() -> Any:
-        raise no_classifier()
+    async def classify(request: Request) -> Any:
+        """``{"vector": [20 numbers]}``: the seed's classification; or ``{"vectors": [[...],
+        ...]}``: one per vector. A vector that cannot be classified answers 422 with the seed's
+        error shape."""
+        classifier = loaded()
+        body = await body_of(request)
+        try:
+            message = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DecodeError(f"the body is not JSON ({e})") from None
+        if not isinstance(message, dict) or not ({"vector", "vectors"} & message.keys()):
+            raise InvalidInputError(
+                'the body must be {"vector": [20 numbers]} or {"vectors": [[20 numbers], ...]}'
+            )
+        if "vectors" in message:
+            vectors = message["vectors"]
+            if not isinstance(vectors, list):
+                raise InvalidInputError("vectors must be a list of vectors")
+            results = [classifier.classify(v) for v in vectors]
+            bad = [i for i, r in enumerate(results) if "error" in r]
+            if bad:
+                sidecar.count("http_422", error=results[bad[0]]["error"])
+                return JSONResponse(
+                    {"results": results, "error": f"vectors[{bad[0]}]: {results[bad[0]]['error']}"},
+                    status_code=422,
+                )
+            return {"results": results}
+        result = classifier.classify(message["vector"])
+        if "error" in result:
+            sidecar.count("http_422", error=result["error"])
+            return JSONResponse(result, status_code=422)
+        return result
 
     @app.post("/discovery/reload")
     async def reload() -> Any:
-        raise no_classifier()
+        if sidecar.discovery_dir is None:
+            loaded()
+        changed = await run_in_threadpool(sidecar.reload_classifier)
+        return {"reloaded": changed, **sidecar.classifier_stats()}
 
     @app.get("/health")
     def health() -> Any:
@@ -359,7 +477,7 @@ def create_app(sidecar: Sidecar) -> Any:
             "status": "healthy",
             "db": str(sidecar.store.path),
             "zmq": sidecar.zmq_endpoint,
-            "classifier_loaded": False,
+            "classifier_loaded": sidecar.classifier is not None,
             "schema_version": 1,
         }
 
@@ -400,6 +518,7 @@ def serve(
     host: str,
     port: int,
     discovery_dir: Path | None = None,
+    reload_interval_seconds: float = 300,
     zmq_layout: str = "sglang",
     synchronous: str = "normal",
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -427,10 +546,12 @@ def serve(
         zmq_endpoint=zmq_endpoint,
         zmq_layout=zmq_layout,
         discovery_dir=discovery_dir,
+        reload_interval_seconds=reload_interval_seconds,
         max_body_bytes=max_body_bytes,
     )
     try:
         sidecar.start_zmq()
+        sidecar.start_reloading()
     except BaseException:
         sock.close()
         store.close()
@@ -439,6 +560,15 @@ def serve(
                 db.with_name(db.name + suffix).unlink(missing_ok=True)
         raise
     bound = sock.getsockname()[1]
+    if discovery_dir is not None:
+        c = sidecar.classifier_stats()
+        say(
+            f"attnfast sidecar: classifying with discovery run {c['run_id']} "
+            f"({c['cluster_count']} clusters)"
+            if c["loaded"]
+            else f"attnfast sidecar: no discovery run loaded yet ({c.get('error')}); "
+            f"checking {discovery_dir} every {reload_interval_seconds:g} s"
+        )
     say(
         f"attnfast sidecar: listening on http://{host}:{bound}"
         + (f" and {zmq_endpoint} (ZMQ PULL)" if zmq_endpoint else "")

@@ -38,6 +38,10 @@ pub enum CoreError {
     /// the message names the file and the chunk.
     #[error("{0}")]
     Capture(String),
+    /// A discovery artifact that cannot be used: from another format version, truncated,
+    /// inconsistent with its manifest; the message names the file.
+    #[error("{0}")]
+    Artifact(String),
 }
 
 impl From<rusqlite::Error> for CoreError {

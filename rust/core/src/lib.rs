@@ -18,6 +18,7 @@
 //!   vectorised polynomial `exp`, and the entropy from the shifted scores, so no `ln` per key.
 
 pub mod capture;
+pub mod discovery;
 pub mod error;
 pub mod fingerprint;
 pub mod layout;

@@ -15,6 +15,7 @@ pyo3::import_exception!(attnfast.exceptions, DuplicateStepError);
 pyo3::import_exception!(attnfast.exceptions, CaptureFileError);
 pyo3::import_exception!(attnfast.exceptions, MissingFileError);
 pyo3::import_exception!(attnfast.exceptions, DtypeError);
+pyo3::import_exception!(attnfast.exceptions, ArtifactError);
 
 /// The Python exception for a core error.
 pub fn to_py_err(e: CoreError) -> PyErr {
@@ -29,6 +30,7 @@ pub fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Duplicate(m) => DuplicateStepError::new_err(m),
         CoreError::Capture(m) => CaptureFileError::new_err(m),
         CoreError::Missing(m) => MissingFileError::new_err(m),
+        CoreError::Artifact(m) => ArtifactError::new_err(m),
     }
 }
 

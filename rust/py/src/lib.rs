@@ -2,6 +2,7 @@
 //! releases the interpreter around the core call, and maps errors; nothing else lives here.
 
 mod capture;
+mod discovery;
 mod error;
 mod fingerprint;
 mod messages;
@@ -19,6 +20,8 @@ mod _core {
 
     #[pymodule_export]
     use capture::{PyCaptureReader, PyCaptureWriter};
+    #[pymodule_export]
+    use discovery::PyClassifier;
     #[pymodule_export]
     use fingerprint::{fingerprints_f16, fingerprints_f32, fingerprints_topk, set_simd_limit};
     #[pymodule_export]

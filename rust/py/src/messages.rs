@@ -1,11 +1,16 @@
 //! The explorer's JSON messages, decoded by the core and appended to a store, with the
 //! interpreter released around the decoding.
 
+use std::sync::{Arc, RwLock};
+
 use attnfast_core::Layout;
-use attnfast_core::store::messages::MessageDecoder;
+use attnfast_core::discovery::Classifier;
+use attnfast_core::discovery::ingest::classify_batch;
+use attnfast_core::store::messages::{Decoded, MessageDecoder};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
+use crate::discovery::PyClassifier;
 use crate::error::{invalid_error, py, to_py_err};
 use crate::store::{PyStore, PyTicket};
 
@@ -13,6 +18,8 @@ use crate::store::{PyStore, PyTicket};
 #[pyclass(frozen, name = "MessageDecoder", module = "attnfast._core")]
 pub struct PyMessageDecoder {
     inner: std::sync::Mutex<MessageDecoder>,
+    /// Classifies the rows as they are stored, when set (the sidecar's `--discovery`).
+    classifier: RwLock<Option<Arc<Classifier>>>,
 }
 
 /// `(tickets of the appended batches, [(message index, error), ...])`.
@@ -26,6 +33,21 @@ impl PyMessageDecoder {
     fn decoder(&self) -> std::sync::MutexGuard<'_, MessageDecoder> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Gives the decoded rows their cluster, if a classifier is set.
+    fn classified(&self, mut decoded: Decoded) -> Decoded {
+        let classifier = self
+            .classifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(c) = classifier {
+            for batch in &mut decoded.batches {
+                classify_batch(&c, batch);
+            }
+        }
+        decoded
+    }
 }
 
 #[pymethods]
@@ -36,7 +58,14 @@ impl PyMessageDecoder {
             inner: std::sync::Mutex::new(MessageDecoder::new(py(Layout::from_code(
                 default_layout,
             ))?)),
+            classifier: RwLock::new(None),
         })
+    }
+
+    /// Sets (or with None, removes) the classifier that gives stored rows their cluster.
+    fn set_classifier(&self, classifier: Option<&PyClassifier>) {
+        *self.classifier.write().unwrap_or_else(|e| e.into_inner()) =
+            classifier.map(PyClassifier::shared);
     }
 
     /// Decodes raw messages (bytes, one JSON object each) and appends the good ones (all or
@@ -70,7 +99,7 @@ impl PyMessageDecoder {
                 .collect();
             let mut decoded = self.decoder().decode_raw(&raw, all_or_nothing);
             let errors = described(&std::mem::take(&mut decoded.errors));
-            let tickets = store.inner.append_decoded(decoded)?;
+            let tickets = store.inner.append_decoded(self.classified(decoded))?;
             Ok((tickets.into_iter().map(PyTicket::new).collect(), errors))
         })
         .map_err(to_py_err)
@@ -82,7 +111,7 @@ impl PyMessageDecoder {
         let message = message.to_vec();
         py_.detach(|| {
             let decoded = self.decoder().decode_one(&message)?;
-            let mut tickets = store.inner.append_decoded(decoded)?;
+            let mut tickets = store.inner.append_decoded(self.classified(decoded))?;
             Ok(PyTicket::new(
                 tickets.pop().expect("one message, one batch"),
             ))
@@ -110,7 +139,7 @@ impl PyMessageDecoder {
             let body = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
             let mut decoded = self.decoder().decode_body(body)?;
             let errors = described(&std::mem::take(&mut decoded.errors));
-            let tickets = store.inner.append_decoded(decoded)?;
+            let tickets = store.inner.append_decoded(self.classified(decoded))?;
             Ok((tickets.into_iter().map(PyTicket::new).collect(), errors))
         });
         drop(view);

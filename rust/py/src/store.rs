@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use attnfast_core::store::runs::{ClusterColumns, Statement};
 use attnfast_core::store::{
     Batch, DuplicatePolicy, ListColumn, Query, Rows, SqlValue, Store, StoreOptions, Synchronous,
     TextColumn, Ticket, Written,
@@ -469,6 +470,43 @@ impl PyStore {
             ..Query::default()
         };
         py(py_.detach(|| self.inner.count(&q)))
+    }
+
+    /// The discovery job's writes in one transaction: `statements` as `(sql, rows of
+    /// parameters)`, then the clusters of fingerprint rows. Returns the rows updated.
+    fn write_discovery(
+        &self,
+        py_: Python<'_>,
+        statements: &Bound<'_, PyAny>,
+        ids: PyReadonlyArray1<'_, i64>,
+        cluster_id: PyReadonlyArray1<'_, i32>,
+        probability: PyReadonlyArray1<'_, f32>,
+    ) -> PyResult<u64> {
+        let mut steps = Vec::new();
+        for item in statements.try_iter()? {
+            let (sql, rows): (String, Bound<'_, PyAny>) = item?.extract()?;
+            let rows = rows
+                .try_iter()?
+                .map(|row| {
+                    row?.try_iter()?
+                        .map(|v| to_sql_value(&v?))
+                        .collect::<PyResult<Vec<_>>>()
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            steps.push(Statement { sql, rows });
+        }
+        let columns = ClusterColumns {
+            ids: ids
+                .as_slice()
+                .map_err(|_| shape_error("ids must be contiguous"))?,
+            cluster_id: cluster_id
+                .as_slice()
+                .map_err(|_| shape_error("cluster_id must be contiguous"))?,
+            probability: probability
+                .as_slice()
+                .map_err(|_| shape_error("probability must be contiguous"))?,
+        };
+        py(py_.detach(|| self.inner.write_discovery(&steps, &columns)))
     }
 
     /// One read-only statement; returns `(column names, rows as tuples)`.

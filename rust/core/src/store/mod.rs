@@ -10,10 +10,11 @@ pub mod messages;
 pub mod options;
 mod queue;
 pub mod read;
+pub mod runs;
 pub mod schema;
 mod summary;
 pub mod time;
-mod triggers;
+pub(crate) mod triggers;
 pub mod vectors;
 mod writer;
 
@@ -90,6 +91,7 @@ pub struct Store {
     /// Queries run here; `None` once closed, so that close() releases every connection.
     reader: Mutex<Option<Connection>>,
     opened: Opened,
+    opts: StoreOptions,
 }
 
 impl Store {
@@ -112,6 +114,7 @@ impl Store {
             counters,
             reader: Mutex::new(Some(conn)),
             opened,
+            opts,
         })
     }
 
@@ -279,6 +282,18 @@ impl Store {
         self.with_reader(|conn| {
             export::export_parquet(&self.path, conn, dir, q, overwrite, progress)
         })
+    }
+
+    /// The discovery job's writes, in one transaction (`runs::write`).
+    pub fn write_discovery(
+        &self,
+        statements: &[runs::Statement],
+        clusters: &runs::ClusterColumns<'_>,
+    ) -> Result<u64> {
+        if self.is_closed() {
+            return Err(self.closed());
+        }
+        runs::write(&self.path, &self.opts, statements, clusters)
     }
 
     pub fn writer_stats(&self) -> WriterStats {

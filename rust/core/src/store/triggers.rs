@@ -576,6 +576,12 @@ END;
     )
 }
 
+/// The `AFTER UPDATE` trigger of `af_fingerprints` alone (the discovery job's bulk write
+/// drops it for one statement and makes it again, `runs.rs`).
+pub fn update_trigger() -> String {
+    after_update()
+}
+
 /// Every trigger, one `CREATE TRIGGER IF NOT EXISTS` statement each.
 pub fn statements() -> Vec<String> {
     vec![

@@ -1,0 +1,116 @@
+"""``attnfast discover``: the discovery job, on the command line."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from attnfast.cli._app import app, console, err_console, removed_on_failure, user_errors
+from attnfast.exceptions import MissingFileError
+
+
+class DiscoveryLayout(StrEnum):
+    v1 = "v1"
+    sglang = "sglang"
+
+
+@app.command()
+def discover(
+    db: Annotated[Path, typer.Option("--db", help="The fingerprint database (SQLite).")],
+    output: Annotated[Path, typer.Option("--output", help="Folder of run folders (created).")],
+    hours: Annotated[
+        float | None, typer.Option(help="Window: the last HOURS (default 24).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Window start (ISO time, unix seconds, or '24h').")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Window end, exclusive (default now).")] = None,
+    min_cluster_size: Annotated[int, typer.Option(help="HDBSCAN min_cluster_size.")] = 50,
+    min_samples: Annotated[int, typer.Option(help="HDBSCAN min_samples.")] = 10,
+    umap_neighbors: Annotated[int, typer.Option(help="UMAP n_neighbors.")] = 15,
+    umap_min_dist: Annotated[float, typer.Option(help="UMAP min_dist.")] = 0.1,
+    pca_components: Annotated[
+        int, typer.Option(help="PCA components (capped at 20 and at rows - 1).")
+    ] = 50,
+    prototypes: Annotated[int, typer.Option(help="Prototypes per cluster.")] = 5,
+    sample_size: Annotated[
+        int, typer.Option(help="Above this many fingerprints, fit on a sample of this size.")
+    ] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed (sample, PCA, UMAP).")] = 42,
+    layout: Annotated[
+        DiscoveryLayout, typer.Option(help="Fingerprint layout to cluster (never mixed).")
+    ] = DiscoveryLayout.v1,
+    keep: Annotated[int | None, typer.Option(help="Keep only the newest N run folders.")] = None,
+    write_joblib: Annotated[
+        bool, typer.Option("--write-joblib", help="Also write the seed's pickles (joblib).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Cluster the fingerprints of a window into attention programs: scaler, PCA, UMAP,
+    HDBSCAN (the seed's job); artifacts under OUTPUT/<run_id>/ and OUTPUT/latest; the
+    store's discovery_runs, clusters and prototypes tables; cluster ids on the rows."""
+    from attnfast.discovery import run_discovery
+
+    with user_errors(), removed_on_failure(output):
+        if not db.is_file():
+            raise MissingFileError(f"--db {db}: no such database")
+        result = run_discovery(
+            db,
+            output,
+            hours=hours,
+            since=since,
+            until=until,
+            min_cluster_size=min_cluster_size,
+            min_samples=min_samples,
+            umap_neighbors=umap_neighbors,
+            umap_min_dist=umap_min_dist,
+            pca_components=pca_components,
+            prototypes=prototypes,
+            sample_size=sample_size,
+            seed=seed,
+            layout=layout.value,
+            keep=keep,
+            write_joblib=write_joblib,
+            progress=err_console.is_terminal,
+        )
+    if as_json:
+        m = result.manifest
+        print(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "run_dir": str(result.run_dir),
+                    "mode": m["mode"],
+                    "counts": m["counts"],
+                    "stages": m["stages"],
+                }
+            )
+        )
+        return
+    fitted = f"fit on a sample of {result.fit_count:,}" if result.sampled else "full fit"
+    console.print(
+        f"run {result.run_id}: {result.fingerprint_count:,} fingerprints of "
+        f"{result.request_count:,} requests, {result.cluster_count} clusters, "
+        f"{result.noise_count:,} noise ({100 * result.clustered_share:.1f}% clustered; {fitted})"
+    )
+    table = Table("cluster", "size", "zone", "label")
+    import pyarrow.parquet as pq
+
+    clusters = pq.read_table(result.run_dir / "clusters.parquet").to_pylist()
+    for c in sorted(clusters, key=lambda c: -c["size"])[:20]:
+        table.add_row(
+            str(c["cluster_id"]),
+            f"{c['size']:,}",
+            f"{c['dominant_zone']} ({100 * c['zone_confidence']:.0f}%)",
+            escape(c["label"]),
+        )
+    console.print(table)
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items())
+    console.print(f"stages: {stages}")
+    console.print(f"artifacts: {result.run_dir}")
