@@ -32,3 +32,12 @@ def builtin_model():  # type: ignore[no-untyped-def]
     from attnfast.models import load_builtin
 
     return load_builtin()
+
+
+@pytest.fixture(scope="session")
+def discovery_runs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Two discovery runs over one planted database: a full fit and a sampled one
+    (tests/discovery_data.py)."""
+    from discovery_data import make_runs
+
+    return make_runs(tmp_path_factory.mktemp("discovery"))

@@ -16,6 +16,7 @@ import numpy as np
 from attnfast.discovery.classifier import SidecarClassifier
 from attnfast.exceptions import InvalidInputError, ShapeError
 from attnfast.fingerprint import FINGERPRINT_DIM
+from attnfast.layout import Layout
 
 _CACHE: dict[Path, SidecarClassifier] = {}
 _CACHE_LOCK = threading.Lock()
@@ -72,28 +73,57 @@ def fingerprint_values(table: Any, column: str = "fingerprint") -> np.ndarray:
     return np.ascontiguousarray(values.reshape(-1, FINGERPRINT_DIM))
 
 
-def classify_arrow(
-    table: Any, discovery_dir: str | Path | SidecarClassifier, *, column: str = "fingerprint"
-) -> Any:
+def _rows_of_the_run(table: Any, layout: str) -> np.ndarray | None:
+    """Which rows to classify when the table says (``attnfast export`` columns): rows of the
+    run's layout (``schema_version``) not flagged ``invalid``. None: every row."""
+    names = table.column_names
+    if "schema_version" not in names and "invalid" not in names:
+        return None
+    keep = np.ones(table.num_rows, dtype=bool)
+    if "schema_version" in names:
+        codes = np.asarray(table["schema_version"].to_numpy(zero_copy_only=False))
+        keep &= codes == Layout.of(layout).code
+    if "invalid" in names:
+        keep &= ~np.asarray(table["invalid"].to_numpy(zero_copy_only=False), dtype=bool)
+    return keep
+
+
+def classify_arrow(table: Any, discovery_dir: str | Path | SidecarClassifier, *,
+                   column: str = "fingerprint") -> Any:
     """``table`` (a pyarrow Table or RecordBatch with a ``fingerprint`` column, as
     ``attnfast export`` writes it) with the classification columns appended:
     ``cluster_id``, ``cluster_probability``, ``cluster_label``, ``x``, ``y``, ``zone``,
-    ``zone_confidence``. Existing columns of those names are replaced."""
+    ``zone_confidence``. Existing columns of those names are replaced. Where the table has
+    ``schema_version`` or ``invalid`` (an export), rows of another layout than the run's and
+    rows flagged invalid get nulls; every other row must be a fingerprint of the run's
+    layout."""
     import pyarrow as pa
 
-    out = classifier_for(discovery_dir).classify_batch(fingerprint_values(table, column))
+    classifier = classifier_for(discovery_dir)
+    fps = fingerprint_values(table, column)
+    keep = _rows_of_the_run(table, classifier.stats["layout"])
+    out = classifier.classify_batch(fps if keep is None else fps[keep])
+    mask = None if keep is None else ~keep
+
+    def spread(values: np.ndarray, kind: Any, fill: Any) -> Any:
+        if keep is None:
+            return pa.array(values, kind)
+        full = np.full(len(keep), fill, dtype=values.dtype)
+        full[keep] = values
+        return pa.array(full, kind, mask=mask)
+
     values = {
-        "cluster_id": pa.array(out["cluster_id"], pa.int32()),
-        "cluster_probability": pa.array(out["cluster_probability"], pa.float32()),
-        "cluster_label": pa.array(out["cluster_label"].tolist(), pa.string()),
-        "x": pa.array(out["x"], pa.float32()),
-        "y": pa.array(out["y"], pa.float32()),
-        "zone": pa.array(out["zone"].tolist(), pa.string()),
-        "zone_confidence": pa.array(out["confidence"], pa.float32()),
+        "cluster_id": spread(out["cluster_id"], pa.int32(), -1),
+        "cluster_probability": spread(out["cluster_probability"], pa.float32(), 0),
+        "cluster_label": spread(out["cluster_label"], pa.string(), None),
+        "x": spread(out["x"], pa.float32(), 0),
+        "y": spread(out["y"], pa.float32(), 0),
+        "zone": spread(out["zone"], pa.string(), None),
+        "zone_confidence": spread(np.asarray(out["confidence"], np.float32), pa.float32(), 0),
     }
-    keep = [n for n in table.column_names if n not in values]
-    arrays = [table[n] for n in keep] + list(values.values())
-    names = keep + list(values)
+    keep_names = [n for n in table.column_names if n not in values]
+    arrays = [table[n] for n in keep_names] + list(values.values())
+    names = keep_names + list(values)
     if isinstance(table, pa.RecordBatch):
         return pa.RecordBatch.from_arrays(arrays, names=names)
     return pa.Table.from_arrays(arrays, names=names)

@@ -56,11 +56,12 @@ def fit_projection(fps: NDArray[np.float32], components: int, seed: int) -> Proj
 def fit_umap(points: NDArray[np.float32], neighbours: int, min_dist: float, seed: int) -> Any:
     """UMAP to 2-D. ``random_state`` makes runs reproducible (and umap-learn single-threaded,
     which is why the job fits on a sample above ``--sample-size``)."""
-    import umap
-
     with warnings.catch_warnings():
-        # "n_jobs overridden to 1 by setting random_state": known and intended.
+        # umap-learn warns on import that TensorFlow (ParametricUMAP) is missing, and on fit
+        # that random_state sets n_jobs to 1: both known and intended here.
         warnings.simplefilter("ignore")
+        import umap
+
         model = umap.UMAP(
             n_components=2,
             n_neighbors=neighbours,
@@ -73,10 +74,10 @@ def fit_umap(points: NDArray[np.float32], neighbours: int, min_dist: float, seed
 
 
 def fit_hdbscan(xy: NDArray[np.float32], min_cluster_size: int, min_samples: int) -> Any:
-    import hdbscan
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        import hdbscan
+
         return hdbscan.HDBSCAN(
             min_cluster_size=min_cluster_size,
             min_samples=min_samples,

@@ -24,11 +24,11 @@ def _fingerprint_column(values: NDArray[np.float32]) -> Any:
     return pa.FixedSizeListArray.from_arrays(flat, FINGERPRINT_DIM)
 
 
-def _write(path: Path, columns: dict[str, Any]) -> None:
+def _write(path: Path, columns: dict[str, Any], compression: str = "zstd") -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table(columns), path, compression="zstd")
+    pq.write_table(pa.table(columns), path, compression=compression)
 
 
 def write_run(
@@ -88,6 +88,7 @@ def write_run(
                 np.zeros(len(fit_idx)) if core is None else core, pa.float32()
             ),
         },
+        compression="snappy",  # what the Rust reader decodes (docs/discovery-artifacts.md)
     )
     tree = clusterer.condensed_tree_.to_numpy()
     _write(
