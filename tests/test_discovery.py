@@ -245,3 +245,38 @@ def test_keep_removes_all_but_the_newest_runs(tmp_path: Path) -> None:
     assert sorted(p.name for p in removed) == ["2026-01-02T00-00-00"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "2026-01-01T00-00-00", "2026-01-03T00-00-00", "2026-01-03T00-00-00-1", "latest", "notes"]
+
+
+def test_the_command_line(discovery_runs: Runs, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from attnfast.cli import app
+
+    db = tmp_path / "fp.db"
+    db.write_bytes(discovery_runs.db.read_bytes())
+    done = CliRunner().invoke(app, ["discover", "--db", str(db), "--output", str(tmp_path / "o"),
+                                    "--sample-size", "1000", "--keep", "1", "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.output)
+    assert result["mode"] == "sampled" and result["counts"]["fit"] == 1000
+    done = CliRunner().invoke(app, ["discover", "--db", str(db), "--output", str(tmp_path / "o"),
+                                    "--keep", "1"])
+    assert done.exit_code == 0, done.output
+    assert "clusters" in done.output and "stages:" in done.output
+    assert len([p for p in (tmp_path / "o").iterdir() if not p.is_symlink()]) == 1  # --keep 1
+    # An empty window: one line, status 2, no output folder, a failed run record.
+    attnfast = str(Path(sys.executable).with_name("attnfast"))
+    failed = subprocess.run(
+        [attnfast, "discover", "--db", str(db), "--output", str(tmp_path / "new"), "--since",
+         "2001-01-01", "--until", "2001-01-02"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert failed.returncode == 2
+    assert failed.stderr.count("\n") == 1 and "holds 0 valid v1" in failed.stderr
+    assert not (tmp_path / "new").exists()
+    with FingerprintStore(db) as store:
+        assert store.sql("SELECT status FROM discovery_runs ORDER BY started_at DESC, "
+                         "rowid DESC LIMIT 1")[0]["status"] == "failed"
