@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # Extras installed for development and tests.
-EXTRAS := dev torch sidecar capture discovery
+EXTRAS := dev torch sidecar capture discovery ray
 DEPS_STAMP := $(VENV)/.deps-stamp
 
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
@@ -61,6 +61,7 @@ bench: build
 	$(BIN)/python benches/bench_fingerprints.py
 	$(BIN)/python benches/bench_store.py
 	$(BIN)/python benches/bench_capture.py
+	$(BIN)/python benches/bench_discovery.py
 
 clean:
 	rm -rf $(VENV) target python/attnfast/*.so

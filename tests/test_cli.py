@@ -17,9 +17,10 @@ ATTNFAST = str(Path(sys.executable).with_name("attnfast"))
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # The demo trains the built-in model once per cache, and compiles umap-learn (~1 min).
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
-        [ATTNFAST, *args], capture_output=True, text=True, check=check, env=env, timeout=120
+        [ATTNFAST, *args], capture_output=True, text=True, check=check, env=env, timeout=600
     )
 
 
@@ -36,6 +37,8 @@ def test_help_lists_commands():
         "stats",
         "export",
         "sidecar",
+        "discover",
+        "report",
     ):
         assert command in out
 
@@ -55,6 +58,10 @@ def test_demo_fingerprints_every_pattern():
         assert zone in out
     assert "round trip exact: True" in out
     assert "Stored them in a fingerprint database (80 rows, 5 requests)" in out
+    # Discovery on the captured and synthetic fingerprints, then an online classification.
+    assert "Attention programs of run" in out
+    assert "4,064 fingerprints" in out
+    assert "classified online: {'zone':" in out
 
 
 def test_fingerprint_then_zones(tmp_path, rng):

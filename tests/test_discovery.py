@@ -3,6 +3,7 @@ run directly with scikit-learn, umap-learn and hdbscan, and the seed's SQL over 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -12,23 +13,55 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from discovery_data import CLUSTERS, ROWS, SGLANG_ROWS, Runs
 from sklearn.metrics import adjusted_rand_score
 
 from attnfast import FingerprintStore
 from attnfast.discovery import DiscoveryError, run_discovery
 from attnfast.discovery.artifacts import prune
 from attnfast.exceptions import InvalidInputError, MissingFileError
+from discovery_data import CLUSTERS, ROWS, SGLANG_ROWS, Runs
 
 SEED_COLUMNS = {
-    "embeddings.parquet": {"fingerprint_id", "request_id", "step", "x", "y", "cluster_id",
-                           "cluster_prob", "zone_label", "zone_confidence"},
-    "clusters.parquet": {"cluster_id", "run_id", "label", "description", "dominant_zone",
-                         "zone_confidence", "size", "persistence", "centroid_x", "centroid_y",
-                         "centroid_fingerprint", "medoid_request_id", "medoid_step"},
-    "prototypes.parquet": {"cluster_id", "run_id", "rank", "fingerprint_id", "request_id", "step",
-                           "token_text", "context_before", "context_after", "prompt_preview",
-                           "x", "y"},
+    "embeddings.parquet": {
+        "fingerprint_id",
+        "request_id",
+        "step",
+        "x",
+        "y",
+        "cluster_id",
+        "cluster_prob",
+        "zone_label",
+        "zone_confidence",
+    },
+    "clusters.parquet": {
+        "cluster_id",
+        "run_id",
+        "label",
+        "description",
+        "dominant_zone",
+        "zone_confidence",
+        "size",
+        "persistence",
+        "centroid_x",
+        "centroid_y",
+        "centroid_fingerprint",
+        "medoid_request_id",
+        "medoid_step",
+    },
+    "prototypes.parquet": {
+        "cluster_id",
+        "run_id",
+        "rank",
+        "fingerprint_id",
+        "request_id",
+        "step",
+        "token_text",
+        "context_before",
+        "context_after",
+        "prompt_preview",
+        "x",
+        "y",
+    },
 }
 
 
@@ -45,7 +78,8 @@ def test_the_full_fit_finds_the_planted_clusters(discovery_runs: Runs) -> None:
     assert ari >= 0.9, ari
     assert r.full.cluster_count >= CLUSTERS - 1
     assert r.full.clustered_share > 0.8, r.full.clustered_share
-    assert not r.full.sampled and r.full.fit_count == ROWS
+    assert not r.full.sampled
+    assert r.full.fit_count == ROWS
     counts = r.full.manifest["counts"]
     assert counts["fingerprints"] == ROWS
     assert counts["skipped_other_layout"] == SGLANG_ROWS  # layouts are never mixed
@@ -67,17 +101,27 @@ def test_at_or_below_the_sample_size_it_is_the_seeds_pipeline(discovery_runs: Ru
     fps = rows["fingerprint"][[order[i] for i in e["fingerprint_id"]]]
     scaled = StandardScaler().fit_transform(fps.astype(np.float64))
     reduced = PCA(n_components=20, random_state=42).fit_transform(scaled)  # 50 capped at 20
-    xy = umap.UMAP(n_neighbors=15, min_dist=0.1, n_components=2, metric="euclidean",
-                   random_state=42).fit_transform(reduced.astype(np.float32))
-    labels = hdbscan.HDBSCAN(min_cluster_size=50, min_samples=10, cluster_selection_method="eom",
-                             prediction_data=True).fit(xy).labels_
+    xy = umap.UMAP(
+        n_neighbors=15, min_dist=0.1, n_components=2, metric="euclidean", random_state=42
+    ).fit_transform(reduced.astype(np.float32))
+    labels = (
+        hdbscan.HDBSCAN(
+            min_cluster_size=50,
+            min_samples=10,
+            cluster_selection_method="eom",
+            prediction_data=True,
+        )
+        .fit(xy)
+        .labels_
+    )
     assert adjusted_rand_score(labels, e["cluster_id"]) >= 0.99
     assert r.full.manifest["parameters"]["pca_components_used"] == 20
 
 
 def test_a_sampled_fit_agrees_with_the_full_fit(discovery_runs: Runs) -> None:
     r = discovery_runs
-    assert r.sampled.sampled and r.sampled.fit_count == 1500
+    assert r.sampled.sampled
+    assert r.sampled.fit_count == 1500
     full = np.asarray(table(r.full.run_dir, "embeddings.parquet")["cluster_id"])
     sampled_e = table(r.sampled.run_dir, "embeddings.parquet")
     sampled = np.asarray(sampled_e["cluster_id"])
@@ -101,23 +145,28 @@ def test_the_run_folder_holds_the_seeds_files_and_a_manifest(discovery_runs: Run
     r = discovery_runs.full
     out = r.run_dir.parent
     latest = out / "latest"
-    assert latest.is_symlink() and os.readlink(latest) == r.run_id  # relative
+    assert latest.is_symlink()
+    assert os.readlink(latest) == r.run_id
     for name, columns in SEED_COLUMNS.items():
         assert columns <= set(pq.read_schema(r.run_dir / name).names), name
     requests = table(r.run_dir, "request_embeddings.parquet")
     assert len(requests["request_id"]) == ROWS // 60
     assert {"dominant_zone", "think_dominant_cluster", "output_dominant_cluster"} <= set(requests)
     manifest = json.loads((r.run_dir / "manifest.json").read_text())
-    assert manifest["run_id"] == r.run_id and manifest["mode"] == "full"
+    assert manifest["run_id"] == r.run_id
+    assert manifest["mode"] == "full"
     assert set(manifest["stages"]) >= {"read window", "scaler + PCA", "UMAP", "HDBSCAN"}
     assert {"umap-learn", "hdbscan", "scikit-learn", "numpy", "attnfast"} <= set(
-        manifest["libraries"])
+        manifest["libraries"]
+    )
     assert manifest["parameters"]["min_cluster_size"] == 50
     assert set(manifest["files"]) >= {"model.json", "sample.parquet", "embeddings.parquet"}
     # Pickles only on request.
     assert not list(r.run_dir.glob("*.joblib"))
     assert {p.name for p in discovery_runs.sampled.run_dir.glob("*.joblib")} == {
-        "clusterer.joblib", "embedding_models.joblib"}
+        "clusterer.joblib",
+        "embedding_models.joblib",
+    }
     assert not list(out.glob(".*"))  # no staging folder or link left
 
 
@@ -131,29 +180,45 @@ def test_the_store_holds_the_run_its_clusters_and_the_rows_clusters(
         run = store.sql("SELECT * FROM discovery_runs WHERE run_id = ?", [r.run_id])[0]
         assert run["status"] == "completed"
         assert (run["fingerprint_count"], run["cluster_count"], run["noise_count"]) == (
-            ROWS, r.cluster_count, r.noise_count)
-        stored = store.sql("SELECT id, cluster_id, cluster_probability FROM fingerprints "
-                           "WHERE schema_version = 1 ORDER BY id")
+            ROWS,
+            r.cluster_count,
+            r.noise_count,
+        )
+        stored = store.sql(
+            "SELECT id, cluster_id, cluster_probability FROM fingerprints "
+            "WHERE schema_version = 1 ORDER BY id"
+        )
         by_id = {row["id"]: row for row in stored}
         assert [by_id[i]["cluster_id"] for i in e["fingerprint_id"]] == e["cluster_id"]
-        np.testing.assert_allclose([by_id[i]["cluster_probability"] for i in e["fingerprint_id"]],
-                                   e["cluster_prob"], rtol=1e-6)
-        table_rows = store.sql("SELECT cluster_id, label, size, dominant_zone FROM clusters "
-                               "WHERE cluster_id >= 0 ORDER BY cluster_id")
+        np.testing.assert_allclose(
+            [by_id[i]["cluster_probability"] for i in e["fingerprint_id"]],
+            e["cluster_prob"],
+            rtol=1e-6,
+        )
+        table_rows = store.sql(
+            "SELECT cluster_id, label, size, dominant_zone FROM clusters "
+            "WHERE cluster_id >= 0 ORDER BY cluster_id"
+        )
         assert [t["label"] for t in table_rows] == clusters["label"]
         assert [t["size"] for t in table_rows] == clusters["size"]
         # The seed's views, against SQL over the rows themselves.
         growth = {(g["cluster_id"], g["count"]) for g in store.sql("SELECT * FROM cluster_growth")}
-        want = {(g["cluster_id"], g["n"]) for g in store.sql(
-            "SELECT cluster_id, count(*) AS n FROM fingerprints WHERE cluster_id >= 0 "
-            "GROUP BY cluster_id")}
+        want = {
+            (g["cluster_id"], g["n"])
+            for g in store.sql(
+                "SELECT cluster_id, count(*) AS n FROM fingerprints WHERE cluster_id >= 0 "
+                "GROUP BY cluster_id"
+            )
+        }
         assert growth == want
         summaries = {s["request_id"]: s for s in store.sql("SELECT * FROM request_summary")}
         rows = store.sql("SELECT request_id, step, cluster_id FROM fingerprints ORDER BY id")
         # The newest run's (a later test may have run again, with the same result).
         protos = store.sql("SELECT * FROM prototypes ORDER BY cluster_id, rank")
-        newest = store.sql("SELECT run_id FROM discovery_runs WHERE status = 'completed' "
-                           "ORDER BY completed_at DESC, run_id DESC LIMIT 1")[0]["run_id"]
+        newest = store.sql(
+            "SELECT run_id FROM discovery_runs WHERE status = 'completed' "
+            "ORDER BY completed_at DESC, run_id DESC LIMIT 1"
+        )[0]["run_id"]
     per_request: dict[str, list[int]] = {}
     for row in rows:
         per_request.setdefault(row["request_id"], []).append(row["cluster_id"])
@@ -161,33 +226,46 @@ def test_the_store_holds_the_run_its_clusters_and_the_rows_clusters(
         counts = Counter(c for c in cl if c >= 0)
         top = max(counts.values()) if counts else 0
         dominant = min(c for c, n in counts.items() if n == top) if counts else -1
-        transitions = sum(a >= 0 and b >= 0 and a != b for a, b in zip(cl, cl[1:], strict=False))
+        transitions = sum(a >= 0 and b >= 0 and a != b for a, b in itertools.pairwise(cl))
         assert summaries[rid]["dominant_cluster_id"] == dominant, rid
         assert summaries[rid]["cluster_transitions"] == transitions, rid
     # Prototypes: k per cluster, rank 0 nearest the cluster's 2-D mean.
     assert len(protos) == 5 * r.cluster_count
     assert {p["run_id"] for p in protos} == {newest}
-    centre = {c: (x, y) for c, x, y in zip(clusters["cluster_id"], clusters["centroid_x"],
-                                           clusters["centroid_y"], strict=True)}
+    centre = {
+        c: (x, y)
+        for c, x, y in zip(
+            clusters["cluster_id"], clusters["centroid_x"], clusters["centroid_y"], strict=True
+        )
+    }
     for c in centre:
         mine = [p for p in protos if p["cluster_id"] == c]
         d = [(p["x"] - centre[c][0]) ** 2 + (p["y"] - centre[c][1]) ** 2 for p in mine]
-        assert d == sorted(d) and [p["rank"] for p in mine] == list(range(5))
+        assert d == sorted(d)
+        assert [p["rank"] for p in mine] == list(range(5))
         assert all(p["token_text"].startswith("tok") for p in mine)
 
 
 def test_clusters_get_readable_labels_and_descriptions(discovery_runs: Runs) -> None:
     clusters = table(discovery_runs.full.run_dir, "clusters.parquet")
     assert len(set(clusters["label"])) == len(clusters["label"])  # distinct
-    for label, zone, text in zip(clusters["label"], clusters["dominant_zone"],
-                                 clusters["description"], strict=True):
+    for label, zone, text in zip(
+        clusters["label"], clusters["dominant_zone"], clusters["description"], strict=True
+    ):
         assert label.startswith(zone.replace("_", " ").capitalize()), label
-        assert "fingerprints" in text and "stands out by" in text and "tok" in text
+        assert "fingerprints" in text
+        assert "stands out by" in text
+        assert "tok" in text
 
 
 def test_an_sglang_run_reads_sglang_rows_alone(discovery_runs: Runs, tmp_path: Path) -> None:
-    result = run_discovery(discovery_runs.sampled_db, tmp_path / "sg", layout="sglang",
-                           min_cluster_size=20, progress=False)
+    result = run_discovery(
+        discovery_runs.sampled_db,
+        tmp_path / "sg",
+        layout="sglang",
+        min_cluster_size=20,
+        progress=False,
+    )
     assert result.fingerprint_count == SGLANG_ROWS
     assert result.manifest["counts"]["skipped_other_layout"] == ROWS
     model = json.loads((result.run_dir / "model.json").read_text())
@@ -199,12 +277,14 @@ def test_an_empty_window_fails_with_a_record_and_no_folder(
 ) -> None:
     out = tmp_path / "out"
     with pytest.raises(DiscoveryError, match="holds 0 valid v1 fingerprint"):
-        run_discovery(discovery_runs.sampled_db, out, since="2001-01-01", until="2001-01-02",
-                      progress=False)
+        run_discovery(
+            discovery_runs.sampled_db, out, since="2001-01-01", until="2001-01-02", progress=False
+        )
     assert list(out.iterdir()) == []
     with FingerprintStore(discovery_runs.sampled_db) as store:
         failed = store.sql("SELECT * FROM discovery_runs WHERE status = 'failed'")
-    assert failed and "holds 0 valid v1" in failed[-1]["error_message"]
+    assert failed
+    assert "holds 0 valid v1" in failed[-1]["error_message"]
     assert failed[-1]["completed_at"] is not None
 
 
@@ -235,8 +315,12 @@ def test_bad_parameters_are_refused_before_anything_runs(
 
 
 def test_keep_removes_all_but_the_newest_runs(tmp_path: Path) -> None:
-    for name in ("2026-01-01T00-00-00", "2026-01-02T00-00-00", "2026-01-03T00-00-00",
-                 "2026-01-03T00-00-00-1"):
+    for name in (
+        "2026-01-01T00-00-00",
+        "2026-01-02T00-00-00",
+        "2026-01-03T00-00-00",
+        "2026-01-03T00-00-00-1",
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.json").write_text("{}")
     (tmp_path / "notes").mkdir()  # not a run folder: left alone
@@ -244,7 +328,12 @@ def test_keep_removes_all_but_the_newest_runs(tmp_path: Path) -> None:
     removed = prune(tmp_path, 2)
     assert sorted(p.name for p in removed) == ["2026-01-02T00-00-00"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "2026-01-01T00-00-00", "2026-01-03T00-00-00", "2026-01-03T00-00-00-1", "latest", "notes"]
+        "2026-01-01T00-00-00",
+        "2026-01-03T00-00-00",
+        "2026-01-03T00-00-00-1",
+        "latest",
+        "notes",
+    ]
 
 
 def test_the_command_line(discovery_runs: Runs, tmp_path: Path) -> None:
@@ -257,15 +346,31 @@ def test_the_command_line(discovery_runs: Runs, tmp_path: Path) -> None:
 
     db = tmp_path / "fp.db"
     db.write_bytes(discovery_runs.db.read_bytes())
-    done = CliRunner().invoke(app, ["discover", "--db", str(db), "--output", str(tmp_path / "o"),
-                                    "--sample-size", "1000", "--keep", "1", "--json"])
+    done = CliRunner().invoke(
+        app,
+        [
+            "discover",
+            "--db",
+            str(db),
+            "--output",
+            str(tmp_path / "o"),
+            "--sample-size",
+            "1000",
+            "--keep",
+            "1",
+            "--json",
+        ],
+    )
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
-    assert result["mode"] == "sampled" and result["counts"]["fit"] == 1000
-    done = CliRunner().invoke(app, ["discover", "--db", str(db), "--output", str(tmp_path / "o"),
-                                    "--keep", "1"])
+    assert result["mode"] == "sampled"
+    assert result["counts"]["fit"] == 1000
+    done = CliRunner().invoke(
+        app, ["discover", "--db", str(db), "--output", str(tmp_path / "o"), "--keep", "1"]
+    )
     assert done.exit_code == 0, done.output
-    assert "clusters" in done.output and "stages:" in done.output
+    assert "clusters" in done.output
+    assert "stages:" in done.output
     assert len([p for p in (tmp_path / "o").iterdir() if not p.is_symlink()]) == 1  # --keep 1
     # An empty window: one line, status 2, no output folder, a failed run record.
     attnfast = str(Path(sys.executable).with_name("attnfast"))
@@ -275,8 +380,50 @@ def test_the_command_line(discovery_runs: Runs, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert failed.returncode == 2
-    assert failed.stderr.count("\n") == 1 and "holds 0 valid v1" in failed.stderr
+    assert failed.stderr.count("\n") == 1
+    assert "holds 0 valid v1" in failed.stderr
     assert not (tmp_path / "new").exists()
     with FingerprintStore(db) as store:
-        assert store.sql("SELECT status FROM discovery_runs ORDER BY started_at DESC, "
-                         "rowid DESC LIMIT 1")[0]["status"] == "failed"
+        assert (
+            store.sql(
+                "SELECT status FROM discovery_runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            )[0]["status"]
+            == "failed"
+        )
+
+
+def test_the_report(discovery_runs: Runs, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from attnfast.cli import app
+    from attnfast.discovery.report import build_report
+
+    db, runs = discovery_runs.db, discovery_runs.full.run_dir.parent
+    report = build_report(db, runs)
+    with FingerprintStore(db) as store:
+        want_zones = store.sql(
+            "SELECT manifold_zone, count(*) AS n FROM fingerprints GROUP BY manifold_zone"
+        )
+    got = Counter()
+    for z in report["zone_distribution_hourly"]:
+        got[z["manifold_zone"]] += z["count"]
+    assert got == {z["manifold_zone"]: z["n"] for z in want_zones if z["manifold_zone"]}
+    assert (
+        sum(g["count"] for g in report["cluster_growth"]) == ROWS - discovery_runs.full.noise_count
+    )
+    assert len(report["clusters"]) == discovery_runs.full.cluster_count
+    assert report["latest_run"]["status"] == "completed"
+    assert set(report["discovery"]["stages"]) >= {"UMAP", "HDBSCAN"}
+    png = tmp_path / "plots"
+    done = CliRunner().invoke(
+        app, ["report", "--db", str(db), "--discovery", str(runs), "--png", str(png)]
+    )
+    assert done.exit_code == 0, done.output
+    assert "Clusters of the newest run" in done.output
+    assert "stages of" in done.output
+    for name in ("zones.png", "embedding.png"):
+        assert (png / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = CliRunner().invoke(app, ["report", "--db", str(db), "--png", str(png)])
+    assert again.exit_code == 2  # the plots exist: --overwrite replaces them
+    done = CliRunner().invoke(app, ["report", "--db", str(db), "--format", "json"])
+    assert json.loads(done.output)["rows"] == ROWS + SGLANG_ROWS

@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from discovery_data import Runs
 
 from attnfast import FingerprintStore
 from attnfast.discovery import SidecarClassifier, classify_arrow
-from attnfast.discovery.artifacts import file_entries
+from attnfast.discovery.artifacts import file_entries, load_joblib
 from attnfast.exceptions import ArtifactError, InvalidInputError, MissingFileError, ShapeError
 from attnfast.synthetic import fingerprints
+from discovery_data import Runs
 
 MANIFOLD_KEYS = {"zone", "confidence", "cluster_id", "cluster_label", "cluster_probability"}
 
@@ -40,15 +40,17 @@ def test_the_classifier_gives_the_label_the_job_gave(discovery_runs: Runs) -> No
 def test_it_agrees_with_hdbscans_approximate_predict(discovery_runs: Runs) -> None:
     """Held-out fingerprints through the seed's own models (UMAP.transform, then
     hdbscan.approximate_predict), loaded from the run's joblib files."""
-    import joblib
-
+    run = discovery_runs.sampled.run_dir
+    with pytest.raises(InvalidInputError, match="trust_pickle=True"):
+        load_joblib(run)
+    with pytest.raises(MissingFileError, match="--write-joblib"):
+        load_joblib(discovery_runs.full.run_dir, trust_pickle=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import hdbscan
 
-        run = discovery_runs.sampled.run_dir
-        models = joblib.load(run / "embedding_models.joblib")  # our own test artifact
-        clusterer = joblib.load(run / "clusterer.joblib")
+        seed = load_joblib(run, trust_pickle=True)  # our own test artifact
+        models, clusterer = seed["embedding_models"], seed["clusterer"]
         held = discovery_runs.held_out[:400]
         reduced = models["pca"].transform(models["scaler"].transform(held.astype(np.float64)))
         xy = models["umap"].transform(reduced.astype(np.float32))
@@ -64,7 +66,8 @@ def test_results_have_the_seeds_shapes(discovery_runs: Runs) -> None:
     r = c.classify(fp)
     assert set(r) == {"manifold", "schema_version", "run_id"}
     assert set(r["manifold"]) == MANIFOLD_KEYS
-    assert r["schema_version"] == 1 and r["run_id"] == discovery_runs.full.run_id
+    assert r["schema_version"] == 1
+    assert r["run_id"] == discovery_runs.full.run_id
     assert r["manifold"]["zone"] in {"syntax_floor", "semantic_bridge", "structure_ripple"}
     assert c.classify(fp.tolist()) == r  # a list works as well
     for bad, message in [
@@ -75,15 +78,20 @@ def test_results_have_the_seeds_shapes(discovery_runs: Runs) -> None:
     ]:
         e = c.classify(bad)
         assert set(e) == {"manifold", "error", "schema_version"}
-        assert e["manifold"] == {"zone": "unknown", "confidence": 0.0, "cluster_id": -1,
-                                 "cluster_label": "Error"}
+        assert e["manifold"] == {
+            "zone": "unknown",
+            "confidence": 0.0,
+            "cluster_id": -1,
+            "cluster_label": "Error",
+        }
         assert message in e["error"], e["error"]
     stats = c.stats
     assert stats["classification_count"] == 2
     assert stats["run_id"] == discovery_runs.full.run_id
     assert stats["cluster_count"] == discovery_runs.full.cluster_count
     batch = c.classify_batch(discovery_runs.fps[:10])
-    assert batch["cluster_id"].dtype == np.int32 and batch["x"].dtype == np.float32
+    assert batch["cluster_id"].dtype == np.int32
+    assert batch["x"].dtype == np.float32
     assert batch["cluster_label"][0] == r["manifold"]["cluster_label"]
     assert c.stats["classification_count"] == 12
     with pytest.raises(ShapeError, match=r"\(T, 20\)"):
@@ -107,7 +115,8 @@ def test_threads_share_one_classifier(discovery_runs: Runs) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert len(results) == 20 and all((r == want).all() for r in results)
+    assert len(results) == 20
+    assert all((r == want).all() for r in results)
     assert c.stats["classification_count"] == len(want) * 21 + 20
 
 
@@ -134,13 +143,14 @@ def test_it_reloads_when_latest_moves(discovery_runs: Runs, tmp_path: Path) -> N
     copy_run(discovery_runs.sampled.run_dir, tmp_path, "2026-01-02T00-00-00")
     point_latest(tmp_path, "2026-01-02T00-00-00")
     assert c.classify(discovery_runs.fps[0])["run_id"] == "2026-01-02T00-00-00"
-    assert c.stats["reloads"] == 1 and c.reload() is False
+    assert c.stats["reloads"] == 1
+    assert c.reload() is False
     # A broken new run keeps the old one serving.
     broken = copy_run(discovery_runs.full.run_dir, tmp_path, "2026-01-03T00-00-00")
     (broken / "sample.parquet").write_bytes(b"PAR1")
     point_latest(tmp_path, "2026-01-03T00-00-00")
     assert c.classify(discovery_runs.fps[0])["run_id"] == "2026-01-02T00-00-00"
-    with pytest.raises(ArtifactError, match="sample.parquet"):
+    with pytest.raises(ArtifactError, match=r"sample\.parquet"):
         c.reload()
 
 
@@ -153,9 +163,11 @@ def test_damaged_or_foreign_artifacts_are_refused(discovery_runs: Runs, tmp_path
         change(d)
         return d
 
-    truncated = damaged("t", lambda d: (d / "sample.parquet").write_bytes(
-        (d / "sample.parquet").read_bytes()[:1000]))
-    with pytest.raises(ArtifactError, match="sample.parquet.*(bytes|truncated)"):
+    truncated = damaged(
+        "t",
+        lambda d: (d / "sample.parquet").write_bytes((d / "sample.parquet").read_bytes()[:1000]),
+    )
+    with pytest.raises(ArtifactError, match=r"sample\.parquet.*(bytes|truncated)"):
         SidecarClassifier(truncated)
 
     def newer(d: Path) -> None:
@@ -165,9 +177,13 @@ def test_damaged_or_foreign_artifacts_are_refused(discovery_runs: Runs, tmp_path
 
     with pytest.raises(ArtifactError, match="format_version 99"):
         SidecarClassifier(damaged("v", newer))
-    flipped = damaged("f", lambda d: (d / "model.json").write_text(
-        (d / "model.json").read_text().replace('"neighbours": 10', '"neighbours": 64')))
-    with pytest.raises(ArtifactError, match="model.json"):
+    flipped = damaged(
+        "f",
+        lambda d: (d / "model.json").write_text(
+            (d / "model.json").read_text().replace('"neighbours": 10', '"neighbours": 64')
+        ),
+    )
+    with pytest.raises(ArtifactError, match=r"model\.json"):
         SidecarClassifier(flipped)
     with pytest.raises(ArtifactError, match="not an attnfast discovery manifest"):
         SidecarClassifier(damaged("m", lambda d: (d / "manifest.json").write_text("[1, 2]")))
@@ -220,8 +236,9 @@ def test_arrow_tables_and_exported_parquet(discovery_runs: Runs, tmp_path: Path)
     with pytest.raises(InvalidInputError, match="no 'vector' column"):
         classify_arrow(batch, run, column="vector")
     short = pa.table({"fingerprint": pa.array([[0.1] * 19])})
-    with pytest.raises(ShapeError, match="row 0 .* 19 values"):
+    with pytest.raises(ShapeError, match=r"row 0 .* 19 values"):
         classify_arrow(short, run)
     with pytest.raises(InvalidInputError, match="not a v1 fingerprint"):
-        classify_arrow(pa.table({"fingerprint": pa.array(
-            fingerprints(3, layout="sglang").tolist())}), run)
+        classify_arrow(
+            pa.table({"fingerprint": pa.array(fingerprints(3, layout="sglang").tolist())}), run
+        )

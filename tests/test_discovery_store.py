@@ -38,8 +38,12 @@ def test_bulk_cluster_writes_keep_every_count_as_the_trigger_does(tmp_path: Path
     a, b = tmp_path / "bulk.db", tmp_path / "rows.db"
     n = 1200
     with FingerprintStore(a) as store:
-        store.append([f"r{i % 37}" for i in range(n)], np.arange(n) // 37, fingerprints(n),
-                     created_at=1_700_000_000 + np.arange(n) * 400.0)  # spans several days
+        store.append(
+            [f"r{i % 37}" for i in range(n)],
+            np.arange(n) // 37,
+            fingerprints(n),
+            created_at=1_700_000_000 + np.arange(n) * 400.0,
+        )  # spans several days
         store.flush()
     shutil.copy(a, b)
     with sqlite3.connect(a) as conn:
@@ -67,5 +71,9 @@ def test_bulk_cluster_writes_keep_every_count_as_the_trigger_does(tmp_path: Path
     # Ids no longer stored are skipped, and said so.
     with FingerprintStore(a) as store:
         gone = np.asarray([ids[0], 12345678901], np.int64)
-        assert store._store.write_discovery([], gone, np.asarray([1, 1], np.int32),
-                                            np.asarray([0.5, 0.5], np.float32)) == 1
+        assert (
+            store._store.write_discovery(
+                [], gone, np.asarray([1, 1], np.int32), np.asarray([0.5, 0.5], np.float32)
+            )
+            == 1
+        )

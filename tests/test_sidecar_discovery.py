@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from discovery_data import Runs
-from test_sidecar import ATTNFAST, Sidecar, free_port
 
 from attnfast import FingerprintStore, pack_fingerprints
 from attnfast.discovery import SidecarClassifier
+from discovery_data import Runs
+from test_sidecar import ATTNFAST, Sidecar, free_port
 
 
 def start(db: Path, discovery: Path, *extra: str) -> Sidecar:
@@ -73,21 +73,29 @@ def test_classify_and_classify_as_stored(
     # The seed's error shape, over HTTP.
     status, body = car.call("POST", "/classify", {"vector": [0.5] * 19})
     assert status == 422
-    assert body["manifold"]["cluster_label"] == "Error" and "20 values" in body["error"]
+    assert body["manifold"]["cluster_label"] == "Error"
+    assert "20 values" in body["error"]
     status, body = car.call("POST", "/classify", {"vector": [0.5] * 20})
-    assert status == 422 and "not a v1 fingerprint" in body["error"]
+    assert status == 422
+    assert "not a v1 fingerprint" in body["error"]
     assert car.call("POST", "/classify", {"nothing": 1})[0] == 422
 
     # Stored rows get their cluster: one message, a JSON batch, a binary body, ZMQ.
-    status, body = car.call("POST", "/fingerprint", {"request_id": "one", "step": 0,
-                                                     "vector": fps[0].tolist()})
-    assert status == 200 and body["classification"]["manifold"]["cluster_id"] == want[0]
+    status, body = car.call(
+        "POST", "/fingerprint", {"request_id": "one", "step": 0, "vector": fps[0].tolist()}
+    )
+    assert status == 200
+    assert body["classification"]["manifold"]["cluster_id"] == want[0]
     batch = [{"request_id": "json", "step": i, "vector": fps[i].tolist()} for i in range(10)]
     assert car.call("POST", "/fingerprints", batch)[1]["stored"] == 10
-    status, body = car.call("POST", "/fingerprints?request_id=bin&start_step=0",
-                            raw=pack_fingerprints(fps[10:20]),
-                            content_type="application/octet-stream")
-    assert status == 200 and body["stored"] == 10
+    status, body = car.call(
+        "POST",
+        "/fingerprints?request_id=bin&start_step=0",
+        raw=pack_fingerprints(fps[10:20]),
+        content_type="application/octet-stream",
+    )
+    assert status == 200
+    assert body["stored"] == 10
     context = zmq.Context.instance()
     push = context.socket(zmq.PUSH)
     push.connect(car.zmq)
@@ -105,7 +113,8 @@ def test_classify_and_classify_as_stored(
     assert [rows[("bin", i)] for i in range(10)] == want[10:20]
     assert [rows[("zmq", i)] for i in range(20, 40)] == want[20:40]
     c = car.call("GET", "/stats")[1]["classifier"]
-    assert c["loaded"] and c["run_id"] == discovery_runs.sampled.run_id
+    assert c["loaded"]
+    assert c["run_id"] == discovery_runs.sampled.run_id
     assert car.call("GET", "/health")[1]["classifier_loaded"] is True
 
 
@@ -115,12 +124,14 @@ def test_reload_picks_up_a_new_run(discovery_runs: Runs, tmp_path: Path) -> None
     car = start(tmp_path / "fp.db", out, "--reload-seconds", "0")
     try:
         status, body = car.call("POST", "/classify", {"vector": [0.1] * 20})
-        assert status == 503 and "no discovery run" in body["error"]
+        assert status == 503
+        assert "no discovery run" in body["error"]
         assert car.call("POST", "/discovery/reload")[0] == 503
         shutil.copytree(discovery_runs.full.run_dir, out / discovery_runs.full.run_id)
         (out / "latest").symlink_to(discovery_runs.full.run_id)
         status, body = car.call("POST", "/discovery/reload")
-        assert status == 200 and body["reloaded"] is True
+        assert status == 200
+        assert body["reloaded"] is True
         assert body["run_id"] == discovery_runs.full.run_id
         assert car.call("POST", "/discovery/reload")[1]["reloaded"] is False
         fp = discovery_runs.fps[0].tolist()

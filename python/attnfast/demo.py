@@ -3,8 +3,8 @@
 Today: fingerprints of generated attention patterns, their zones, the same from top-k entries,
 a pack/unpack round trip, and the fingerprint store (a temporary database, read back with the
 seed's SQL), and capture: the built-in model generates while its attention is fingerprinted
-into a store and written in full to a capture file, which the analyses then read. Later stages
-(discovery) extend it.
+into a store and written in full to a capture file, which the analyses then read; then
+discovery on the captured plus synthetic fingerprints, and an online classification.
 """
 
 from __future__ import annotations
@@ -151,6 +151,53 @@ def _capture(console: Console) -> None:
         )
         if rows != 64 or len(f) != 64:
             raise attnfast.AttnfastError("capture lost steps")
+        _discover(console, db, Path(tmp) / "runs")
+
+
+def _discover(console: Console, db: Path, runs: Path) -> None:
+    """Discovery on the captured fingerprints plus planted synthetic ones, then the online
+    classifier on a captured step."""
+    import importlib.util
+
+    if importlib.util.find_spec("umap") is None or importlib.util.find_spec("hdbscan") is None:
+        console.print("(discovery skipped: install the 'discovery' extra)")
+        return
+    from attnfast.discovery import SidecarClassifier, run_discovery
+    from attnfast.synthetic import planted
+
+    console.print(
+        "\n[bold]Discovery[/bold]: the captured steps plus 4,000 synthetic fingerprints around "
+        "8 centres (the first run compiles umap-learn's numba code: about a minute)"
+    )
+    fps, _ = planted(4000, clusters=8, seed=4)
+    with attnfast.FingerprintStore(db) as store:
+        store.append(
+            [f"synthetic-{i // 100}" for i in range(len(fps))],
+            np.arange(len(fps)) % 100,
+            fps,
+            model_id="synthetic",
+        )
+    result = run_discovery(db, runs, progress=console.is_terminal)
+    import pyarrow.parquet as pq
+
+    clusters = pq.read_table(result.run_dir / "clusters.parquet").to_pylist()
+    table = Table(title=f"Attention programs of run {result.run_id}")
+    for col in ("cluster", "size", "zone", "label"):
+        table.add_column(col, justify="left" if col in ("zone", "label") else "right")
+    for c in sorted(clusters, key=lambda c: -c["size"]):
+        table.add_row(str(c["cluster_id"]), f"{c['size']:,}", c["dominant_zone"], c["label"])
+    console.print(table)
+    console.print(
+        f"{result.fingerprint_count:,} fingerprints, {result.cluster_count} clusters, "
+        f"{100 * result.clustered_share:.0f}% clustered; stages: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items())
+    )
+    with attnfast.FingerprintStore(db) as store:
+        captured = store.read(request_id="demo", format="numpy")["fingerprint"]
+    found = SidecarClassifier(runs).classify(captured[-1])
+    console.print(f"The last captured step, classified online: {found['manifold']}")
+    if result.cluster_count < 2:
+        raise attnfast.AttnfastError("discovery found no clusters in planted data")
 
 
 def _store(console: Console, per_pattern: list[np.ndarray]) -> None:

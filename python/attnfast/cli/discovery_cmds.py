@@ -1,4 +1,4 @@
-"""``attnfast discover``: the discovery job, on the command line."""
+"""``attnfast discover | report``: the discovery job and what the runs say."""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from attnfast.cli._app import app, console, err_console, removed_on_failure, user_errors
+from attnfast.cli._app import (
+    Overwrite,
+    app,
+    console,
+    err_console,
+    removed_on_failure,
+    user_errors,
+)
+from attnfast.cli.store_cmds import Db, LayoutName
 from attnfast.exceptions import MissingFileError
-
-
-class DiscoveryLayout(StrEnum):
-    v1 = "v1"
-    sglang = "sglang"
 
 
 @app.command()
 def discover(
-    db: Annotated[Path, typer.Option("--db", help="The fingerprint database (SQLite).")],
+    db: Db,
     output: Annotated[Path, typer.Option("--output", help="Folder of run folders (created).")],
     hours: Annotated[
         float | None, typer.Option(help="Window: the last HOURS (default 24).")
@@ -44,8 +47,8 @@ def discover(
     ] = 100_000,
     seed: Annotated[int, typer.Option(help="Random seed (sample, PCA, UMAP).")] = 42,
     layout: Annotated[
-        DiscoveryLayout, typer.Option(help="Fingerprint layout to cluster (never mixed).")
-    ] = DiscoveryLayout.v1,
+        LayoutName, typer.Option(help="Fingerprint layout to cluster (never mixed).")
+    ] = LayoutName.v1,
     keep: Annotated[int | None, typer.Option(help="Keep only the newest N run folders.")] = None,
     write_joblib: Annotated[
         bool, typer.Option("--write-joblib", help="Also write the seed's pickles (joblib).")
@@ -114,3 +117,67 @@ def discover(
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items())
     console.print(f"stages: {stages}")
     console.print(f"artifacts: {result.run_dir}")
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def report(
+    db: Db,
+    discovery: Annotated[
+        Path | None, typer.Option(help="Discovery output folder (its latest run).")
+    ] = None,
+    format: Annotated[ReportFormat, typer.Option(help="table or json.")] = ReportFormat.table,
+    png: Annotated[Path | None, typer.Option(help="Folder for zones.png, embedding.png.")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Zones over time, cluster growth, clusters with their labels, the latest run's stages;
+    optionally PNG plots of zone shares and of the embedding by cluster."""
+    from attnfast.discovery.report import build_report, write_plots
+
+    with user_errors():
+        if not db.is_file():
+            raise MissingFileError(f"--db {db}: no such database")
+        content = build_report(db, discovery)
+        written: list[Path] = []
+        if png is not None:
+            with removed_on_failure(png):
+                written = write_plots(content, png, overwrite)
+    if format is ReportFormat.json:
+        print(json.dumps(content, default=str))
+        return
+    console.print(f"{db}: {content['rows']:,} fingerprints")
+    zones = Table("hour", "zone", "count", "avg confidence", title="Zones per hour (newest 12)")
+    for z in content["zone_distribution_hourly"][-12:]:
+        conf = z["avg_confidence"]
+        zones.add_row(
+            z["hour"], z["manifold_zone"], f"{z['count']:,}", "" if conf is None else f"{conf:.2f}"
+        )
+    console.print(zones)
+    growth = Table("day", "cluster", "count", title="Cluster growth (newest 12)")
+    for g in content["cluster_growth"][-12:]:
+        growth.add_row(g["day"], str(g["cluster_id"]), f"{g['count']:,}")
+    console.print(growth)
+    clusters = Table("cluster", "size", "zone", "label", title="Clusters of the newest run")
+    for c in content["clusters"][:20]:
+        clusters.add_row(
+            str(c["cluster_id"]),
+            f"{c['size']:,}",
+            f"{c['dominant_zone']} ({100 * (c['zone_confidence'] or 0):.0f}%)",
+            escape(c["label"] or ""),
+        )
+    console.print(clusters)
+    run = content["latest_run"]
+    if run is not None:
+        console.print(
+            f"latest run {run['run_id']}: {run['status']}"
+            + (f" ({run['error_message']})" if run["error_message"] else "")
+        )
+    if "discovery" in content:
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in content["discovery"]["stages"].items())
+        console.print(f"stages of {content['discovery']['run_id']}: {stages}")
+    for p in written:
+        console.print(f"wrote {p}")

@@ -88,8 +88,9 @@ def _rows_of_the_run(table: Any, layout: str) -> np.ndarray | None:
     return keep
 
 
-def classify_arrow(table: Any, discovery_dir: str | Path | SidecarClassifier, *,
-                   column: str = "fingerprint") -> Any:
+def classify_arrow(
+    table: Any, discovery_dir: str | Path | SidecarClassifier, *, column: str = "fingerprint"
+) -> Any:
     """``table`` (a pyarrow Table or RecordBatch with a ``fingerprint`` column, as
     ``attnfast export`` writes it) with the classification columns appended:
     ``cluster_id``, ``cluster_probability``, ``cluster_label``, ``x``, ``y``, ``zone``,

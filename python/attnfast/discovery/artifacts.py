@@ -163,3 +163,21 @@ def read_manifest(run: Path, *, verify: bool = True) -> dict[str, Any]:
             if sha256(f) != entry.get("sha256"):
                 raise ArtifactError(f"{f}: checksum differs from the manifest (damaged)")
     return manifest
+
+
+def load_joblib(run: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """The seed's pickles of a run written with ``--write-joblib``: ``{"clusterer": HDBSCAN,
+    "embedding_models": {"scaler", "pca", "umap"}}``. Unpickling runs whatever code the files
+    name, so it happens only with ``trust_pickle=True``, for files you made yourself."""
+    if not trust_pickle:
+        raise InvalidInputError(
+            f"{run}: the .joblib files are pickles, and loading a pickle runs the code it "
+            "names; pass trust_pickle=True only for run folders you made yourself"
+        )
+    read_manifest(run)  # the checksums at least say the files are the ones the run wrote
+    missing = [name for name in JOBLIB if not (run / name).is_file()]
+    if missing:
+        raise MissingFileError(f"{run}: no {', '.join(missing)} (run with --write-joblib)")
+    import joblib
+
+    return {name.removesuffix(".joblib"): joblib.load(run / name) for name in JOBLIB}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -26,10 +27,9 @@ from numpy.typing import NDArray
 from attnfast import _core
 from attnfast._time import check_window, now_us, to_us
 from attnfast.discovery import artifacts, fit, summary
-from attnfast.discovery.tables import write_tables
+from attnfast.discovery.tables import record, write_tables
 from attnfast.discovery.window import Window, read_window
 from attnfast.exceptions import AttnfastError, InvalidInputError, MissingFileError
-from attnfast.fingerprint import ZONES
 from attnfast.layout import Layout
 from attnfast.store import FingerprintStore
 
@@ -254,27 +254,19 @@ def run_discovery(
     with FingerprintStore(db) as store:
         run_id = _new_run_id(output, store)
         started = now_us()
-        store._store.write_discovery(
+        record(
+            store,
+            "INSERT INTO discovery_runs (run_id, time_window_start, time_window_end, "
+            "embedding_method, clustering_method, min_cluster_size, output_dir, status, "
+            "started_at) VALUES (?, ?, ?, 'pca+umap', 'hdbscan', ?, ?, 'running', ?)",
             [
-                (
-                    "INSERT INTO discovery_runs (run_id, time_window_start, time_window_end, "
-                    "embedding_method, clustering_method, min_cluster_size, output_dir, status, "
-                    "started_at) VALUES (?, ?, ?, 'pca+umap', 'hdbscan', ?, ?, 'running', ?)",
-                    [
-                        [
-                            run_id,
-                            _utc(start_us),
-                            _utc(end_us),
-                            min_cluster_size,
-                            str(output / run_id),
-                            _utc(started),
-                        ]
-                    ],
-                )
+                run_id,
+                _utc(start_us),
+                _utc(end_us),
+                min_cluster_size,
+                str(output / run_id),
+                _utc(started),
             ],
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int32),
-            np.zeros(0, np.float32),
         )
         staging = output / f".{run_id}.partial"
         stages = Stages(show)
@@ -293,22 +285,14 @@ def run_discovery(
             )
         except BaseException as e:
             stages.close()
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
             message = str(e) or type(e).__name__
             with contextlib.suppress(Exception):
-                store._store.write_discovery(
-                    [
-                        (
-                            "UPDATE discovery_runs SET status = 'failed', error_message = ?, "
-                            "completed_at = ? WHERE run_id = ?",
-                            [[message, _utc(now_us()), run_id]],
-                        )
-                    ],
-                    np.zeros(0, np.int64),
-                    np.zeros(0, np.int32),
-                    np.zeros(0, np.float32),
+                record(
+                    store,
+                    "UPDATE discovery_runs SET status = 'failed', error_message = ?, "
+                    "completed_at = ? WHERE run_id = ?",
+                    [message, _utc(now_us()), run_id],
                 )
             if isinstance(e, AttnfastError | KeyboardInterrupt):
                 raise
@@ -355,20 +339,7 @@ def _run(
     components = fit.pca_components_used(params.pca_components, len(fit_idx))
     with stages.stage("scaler + PCA"):
         proj = fit.fit_projection(fit_fps, components, params.seed)
-        placer = _core.Classifier(
-            layout.value,
-            proj.scaler_mean.tolist(),
-            proj.scaler_scale.tolist(),
-            proj.pca_mean.tolist(),
-            proj.pca_components,
-            fit_fps,
-            np.zeros(len(fit_idx), np.float32),
-            np.zeros(len(fit_idx), np.float32),
-            np.full(len(fit_idx), -1, np.int32),
-            np.zeros(len(fit_idx), np.float32),
-            NEIGHBOURS,
-            SEARCH_LEAVES,
-        )
+        placer = _classifier(layout, proj, fit_fps)
         points = placer.project(fit_fps)
     with stages.stage("UMAP"):
         reducer = fit.fit_umap(points, params.umap_neighbors, params.umap_min_dist, params.seed)
@@ -377,20 +348,7 @@ def _run(
         clusterer = fit.fit_hdbscan(fit_xy, params.min_cluster_size, params.min_samples)
         fit_labels = np.asarray(clusterer.labels_, dtype=np.int32)
         fit_prob = np.asarray(clusterer.probabilities_, dtype=np.float32)
-    classifier = _core.Classifier(
-        layout.value,
-        proj.scaler_mean.tolist(),
-        proj.scaler_scale.tolist(),
-        proj.pca_mean.tolist(),
-        proj.pca_components,
-        fit_fps,
-        fit_xy[:, 0].copy(),
-        fit_xy[:, 1].copy(),
-        fit_labels,
-        fit_prob,
-        NEIGHBOURS,
-        SEARCH_LEAVES,
-    )
+    classifier = _classifier(layout, proj, fit_fps, fit_xy, fit_labels, fit_prob)
     xy = np.empty((n, 2), np.float32)
     labels = np.empty(n, np.int32)
     prob = np.empty(n, np.float32)
@@ -529,16 +487,39 @@ def _run(
     )
 
 
+def _classifier(
+    layout: Layout,
+    proj: fit.ProjectionFit,
+    fps: NDArray[np.float32],
+    xy: NDArray[np.float32] | None = None,
+    labels: NDArray[np.int32] | None = None,
+    prob: NDArray[np.float32] | None = None,
+) -> Any:
+    """The Rust classifier of a fit; without the fit's placements, only to project with."""
+    n = len(fps)
+    xy = np.zeros((n, 2), np.float32) if xy is None else xy
+    return _core.Classifier(
+        layout.value,
+        proj.scaler_mean.tolist(),
+        proj.scaler_scale.tolist(),
+        proj.pca_mean.tolist(),
+        proj.pca_components,
+        fps,
+        np.ascontiguousarray(xy[:, 0]),
+        np.ascontiguousarray(xy[:, 1]),
+        np.full(n, -1, np.int32) if labels is None else labels,
+        np.zeros(n, np.float32) if prob is None else prob,
+        NEIGHBOURS,
+        SEARCH_LEAVES,
+    )
+
+
 def _prompt_previews(store: FingerprintStore, request_ids: set[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for rid in sorted(request_ids):
         rows = store.sql("SELECT prompt_preview FROM request_summary WHERE request_id = ?", [rid])
         out[rid] = rows[0]["prompt_preview"] if rows else None
     return out
-
-
-def zone_names(codes: NDArray[np.uint8]) -> list[str]:
-    return [ZONES[c] for c in codes.tolist()]
 
 
 __all__ = ["DiscoveryError", "DiscoveryResult", "Window", "run_discovery"]

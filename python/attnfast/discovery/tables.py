@@ -16,6 +16,14 @@ from attnfast.discovery.writer import prototype_rows
 from attnfast.store import FingerprintStore
 
 
+def record(store: FingerprintStore, sql: str, row: list[Any]) -> None:
+    """One parameterised statement on the run's record, committed at once."""
+    empty = np.zeros(0, np.int64)
+    store._store.write_discovery(
+        [(sql, [row])], empty, empty.astype(np.int32), empty.astype(np.float32)
+    )
+
+
 def write_tables(
     store: FingerprintStore,
     *,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use attnfast_core::discovery::{Classifier, Projection, Sample, artifact};
 use attnfast_core::{FINGERPRINT_DIM, Layout};
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use numpy::PyUntypedArrayMethods;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 
 use crate::error::{py, shape_error};
@@ -88,7 +88,10 @@ impl PyClassifier {
             cluster_id: values(&cluster_id, "cluster_id")?.to_vec(),
             probability: values(&probability, "probability")?.to_vec(),
         };
-        let inner = py(py_.detach(|| Classifier::new(layout, projection, sample, neighbours, search_leaves)))?;
+        let inner =
+            py(py_.detach(|| {
+                Classifier::new(layout, projection, sample, neighbours, search_leaves)
+            }))?;
         Ok(Self {
             inner: Arc::new(inner),
         })

@@ -60,11 +60,16 @@ pub fn load(dir: &Path) -> Result<Classifier> {
         .map_err(|e| CoreError::Artifact(format!("{}: {e}", model_path.display())))?;
     let bad = |msg: String| CoreError::Artifact(format!("{}: {msg}", model_path.display()));
     let value: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let m = value.as_object().ok_or_else(|| bad("is not a JSON object".into()))?;
+    let m = value
+        .as_object()
+        .ok_or_else(|| bad("is not a JSON object".into()))?;
     if let Some(k) = m.keys().find(|k| !MODEL_FIELDS.contains(&k.as_str())) {
         return Err(bad(format!("has an unknown field {k:?}")));
     }
-    let format = field(m, "format").map_err(bad)?.as_str().unwrap_or_default();
+    let format = field(m, "format")
+        .map_err(bad)?
+        .as_str()
+        .unwrap_or_default();
     if format != MODEL_FORMAT {
         return Err(bad(format!("format is {format:?}, not {MODEL_FORMAT:?}")));
     }
@@ -77,7 +82,10 @@ pub fn load(dir: &Path) -> Result<Classifier> {
             crate::VERSION
         )));
     }
-    let layout_name = field(m, "layout").map_err(bad)?.as_str().unwrap_or_default();
+    let layout_name = field(m, "layout")
+        .map_err(bad)?
+        .as_str()
+        .unwrap_or_default();
     let layout = Layout::from_name(layout_name).map_err(|e| bad(e.to_string()))?;
     let get = |name: &str| field(m, name).and_then(|v| numbers(v, name)).map_err(bad);
     let rows = field(m, "pca_components")
@@ -116,7 +124,8 @@ pub fn load(dir: &Path) -> Result<Classifier> {
         sample,
         neighbours as usize,
         search_leaves as usize,
-    ).map_err(|e| {
+    )
+    .map_err(|e| {
         CoreError::Artifact(format!(
             "{} with {}: {e}",
             model_path.display(),

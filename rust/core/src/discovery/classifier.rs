@@ -85,7 +85,9 @@ impl Classifier {
     ) -> Result<Self> {
         let n = sample.len();
         if n == 0 {
-            return Err(CoreError::Artifact("the sample holds no fingerprints".into()));
+            return Err(CoreError::Artifact(
+                "the sample holds no fingerprints".into(),
+            ));
         }
         if sample.fingerprints.len() != n * FINGERPRINT_DIM
             || sample.y.len() != n
@@ -119,7 +121,10 @@ impl Classifier {
             projection.project_into(fp, &mut p);
             points.extend_from_slice(&p[..dims]);
         }
-        if let Some(i) = points.chunks_exact(dims).position(|p| p.iter().any(|v| !v.is_finite())) {
+        if let Some(i) = points
+            .chunks_exact(dims)
+            .position(|p| p.iter().any(|v| !v.is_finite()))
+        {
             return Err(CoreError::Artifact(format!(
                 "sample fingerprint {i} does not project to finite coordinates"
             )));
@@ -130,7 +135,9 @@ impl Classifier {
             )));
         }
         if search_leaves == 0 {
-            return Err(CoreError::Artifact("search_leaves must be at least 1".into()));
+            return Err(CoreError::Artifact(
+                "search_leaves must be at least 1".into(),
+            ));
         }
         Ok(Self {
             layout,
@@ -168,7 +175,10 @@ impl Classifier {
         let dims = self.dims();
         let mut out = vec![0f32; fps.len() / FINGERPRINT_DIM * dims];
         let mut p = [0f32; FINGERPRINT_DIM];
-        for (fp, o) in fps.chunks_exact(FINGERPRINT_DIM).zip(out.chunks_exact_mut(dims)) {
+        for (fp, o) in fps
+            .chunks_exact(FINGERPRINT_DIM)
+            .zip(out.chunks_exact_mut(dims))
+        {
             self.projection.project_into(fp, &mut p);
             o.copy_from_slice(&p[..dims]);
         }
@@ -281,7 +291,11 @@ impl Classifier {
             x: x / wsum,
             y: y / wsum,
             cluster_id: best.0,
-            probability: if best.0 < 0 { 0.0 } else { (p / wsum).clamp(0.0, 1.0) },
+            probability: if best.0 < 0 {
+                0.0
+            } else {
+                (p / wsum).clamp(0.0, 1.0)
+            },
         }
     }
 }
@@ -369,7 +383,10 @@ mod tests {
         let e = cl.assign_one(&[0.5; 19]).unwrap_err();
         assert!(e.to_string().contains("20 values, got 19"), "{e}");
         let e = cl.assign(&[0.5; 40]).unwrap_err();
-        assert!(e.to_string().starts_with("row 0 is not a v1 fingerprint"), "{e}");
+        assert!(
+            e.to_string().starts_with("row 0 is not a v1 fingerprint"),
+            "{e}"
+        );
         let mut bad = [0f32; 20];
         bad[0] = f32::NAN;
         assert!(cl.assign_one(&bad).is_err());

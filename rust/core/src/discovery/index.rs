@@ -277,7 +277,13 @@ mod tests {
     #[test]
     fn an_unbounded_search_is_exact() {
         let mut next = stream(7);
-        for (dims, n) in [(1usize, 10usize), (2, 3000), (5, 3000), (20, 2000), (20, 33)] {
+        for (dims, n) in [
+            (1usize, 10usize),
+            (2, 3000),
+            (5, 3000),
+            (20, 2000),
+            (20, 33),
+        ] {
             // Rounded coordinates, so that many points tie on some axes.
             let points: Vec<f32> = (0..n * dims).map(|_| (next() * 50.0).round()).collect();
             let index = SampleIndex::new(&points, dims);
@@ -290,7 +296,10 @@ mod tests {
                 let got_d: Vec<f32> = got.iter().map(|n| n.0).collect();
                 assert_eq!(got_d.len(), want.len());
                 for (g, w) in got_d.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-4 * w.max(1.0), "{dims}: {got_d:?} vs {want:?}");
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.max(1.0),
+                        "{dims}: {got_d:?} vs {want:?}"
+                    );
                 }
                 for &(d2, row) in &got {
                     let p = &points[row as usize * dims..(row as usize + 1) * dims];

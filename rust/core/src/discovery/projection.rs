@@ -106,7 +106,9 @@ mod tests {
         let mean: Vec<f64> = (0..20).map(|j| j as f64 * 0.1).collect();
         let scale: Vec<f64> = (0..20).map(|j| 0.5 + j as f64 * 0.05).collect();
         let pca_mean: Vec<f64> = (0..20).map(|j| (j as f64 - 10.0) * 0.01).collect();
-        let components: Vec<f64> = (0..60).map(|k| ((k * 7 % 11) as f64 - 5.0) / 10.0).collect();
+        let components: Vec<f64> = (0..60)
+            .map(|k| ((k * 7 % 11) as f64 - 5.0) / 10.0)
+            .collect();
         let p = Projection::new(&mean, &scale, &pca_mean, &components).unwrap();
         assert_eq!(p.dims(), 3);
         let fp: Vec<f32> = (0..20).map(|j| (j as f32 * 0.37).sin()).collect();
@@ -118,7 +120,11 @@ mod tests {
                     ((fp[j] as f64 - mean[j]) / scale[j] - pca_mean[j]) * components[i * 20 + j]
                 })
                 .sum();
-            assert!((out[i] as f64 - want).abs() < 1e-4, "{i}: {} vs {want}", out[i]);
+            assert!(
+                (out[i] as f64 - want).abs() < 1e-4,
+                "{i}: {} vs {want}",
+                out[i]
+            );
         }
         assert!(out[3..].iter().all(|&v| v == 0.0));
     }
@@ -127,7 +133,10 @@ mod tests {
     fn refuses_bad_parameters() {
         let ok = vec![1.0; 20];
         let e = Projection::new(&ok, &[0.0; 20], &ok, &ok).unwrap_err();
-        assert!(e.to_string().contains("scaler_scale must be positive"), "{e}");
+        assert!(
+            e.to_string().contains("scaler_scale must be positive"),
+            "{e}"
+        );
         let e = Projection::new(&ok, &ok, &ok, &[1.0; 30]).unwrap_err();
         assert!(e.to_string().contains("pca_components"), "{e}");
         let e = Projection::new(&ok[..19], &ok, &ok, &ok).unwrap_err();

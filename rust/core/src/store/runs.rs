@@ -135,7 +135,11 @@ pub fn write(
             stmt.execute(params_from_iter(row.iter()))?;
         }
     }
-    let updated = if n > 0 { write_clusters(&tx, clusters)? } else { 0 };
+    let updated = if n > 0 {
+        write_clusters(&tx, clusters)?
+    } else {
+        0
+    };
     tx.commit()?;
     Ok(updated)
 }
