@@ -299,6 +299,8 @@ def test_an_empty_window_fails_with_a_record_and_no_folder(
         ({"since": "1h", "until": "2h"}, "since"),
         ({"layout": "v9"}, "layout"),
         ({"keep": 0}, "keep must be a positive integer"),
+        ({"hours": float("inf")}, "hours must be a positive number of at most"),
+        ({"seed": 2**32}, "seed must be an integer from 0 to 4294967295"),
     ],
 )
 def test_bad_parameters_are_refused_before_anything_runs(
@@ -312,6 +314,33 @@ def test_bad_parameters_are_refused_before_anything_runs(
     assert not (tmp_path / "out").exists()
     with pytest.raises(MissingFileError):
         run_discovery(tmp_path / "missing.db", tmp_path / "out", progress=False)
+
+
+def test_files_that_hold_no_store_are_left_as_they_are(tmp_path: Path) -> None:
+    import sqlite3
+
+    (tmp_path / "zero.db").write_bytes(b"")
+    empty = sqlite3.connect(tmp_path / "empty.db")
+    empty.execute("PRAGMA user_version = 1")  # an SQLite file without tables
+    empty.commit()
+    empty.close()
+    conn = sqlite3.connect(tmp_path / "other.db")
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.commit()
+    conn.close()
+    (tmp_path / "folder.db").mkdir()
+    cases = {
+        "zero.db": "empty file",
+        "empty.db": "holds no fingerprints",
+        "other.db": "holds no fingerprints",
+        "folder.db": "is a folder",
+    }
+    for name, message in cases.items():
+        before = (tmp_path / name).read_bytes() if (tmp_path / name).is_file() else None
+        with pytest.raises(InvalidInputError, match=message):
+            run_discovery(tmp_path / name, tmp_path / "out", progress=False)
+        if before is not None:
+            assert (tmp_path / name).read_bytes() == before, name
 
 
 def test_keep_removes_all_but_the_newest_runs(tmp_path: Path) -> None:
@@ -421,8 +450,14 @@ def test_the_report(discovery_runs: Runs, tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     assert "Clusters of the newest run" in done.output
     assert "stages of" in done.output
-    for name in ("zones.png", "embedding.png"):
+    import matplotlib.image
+
+    # The data is drawn: zone shares fill their plot (one hour of data too), points show.
+    for name, least in (("zones.png", 0.15), ("embedding.png", 0.01)):
         assert (png / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = matplotlib.image.imread(png / name)[..., :3]
+        drawn = (pixels < 0.9).any(axis=-1).mean()
+        assert drawn > least, (name, drawn)
     again = CliRunner().invoke(app, ["report", "--db", str(db), "--png", str(png)])
     assert again.exit_code == 2  # the plots exist: --overwrite replaces them
     done = CliRunner().invoke(app, ["report", "--db", str(db), "--format", "json"])

@@ -75,6 +75,8 @@ def test_results_have_the_seeds_shapes(discovery_runs: Runs) -> None:
         (np.full(20, np.nan, np.float32), "not a v1 fingerprint"),
         (np.full(20, 0.5, np.float32), "summing to"),
         ("twenty", "could not convert"),
+        (None, "got None"),
+        (discovery_runs.fps[:5], "shape (5, 20)"),
     ]:
         e = c.classify(bad)
         assert set(e) == {"manifold", "error", "schema_version"}
@@ -185,6 +187,14 @@ def test_damaged_or_foreign_artifacts_are_refused(discovery_runs: Runs, tmp_path
     )
     with pytest.raises(ArtifactError, match=r"model\.json"):
         SidecarClassifier(flipped)
+
+    def other_layout(d: Path) -> None:
+        m = json.loads((d / "manifest.json").read_text())
+        m["layout"] = "sglang"
+        (d / "manifest.json").write_text(json.dumps(m))
+
+    with pytest.raises(ArtifactError, match=r"says layout 'sglang', model\.json says 'v1'"):
+        SidecarClassifier(damaged("l", other_layout))
     with pytest.raises(ArtifactError, match="not an attnfast discovery manifest"):
         SidecarClassifier(damaged("m", lambda d: (d / "manifest.json").write_text("[1, 2]")))
     with pytest.raises(MissingFileError):

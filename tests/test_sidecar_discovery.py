@@ -79,6 +79,8 @@ def test_classify_and_classify_as_stored(
     assert status == 422
     assert "not a v1 fingerprint" in body["error"]
     assert car.call("POST", "/classify", {"nothing": 1})[0] == 422
+    both = {"vector": fps[0].tolist(), "vectors": [fps[0].tolist()]}
+    assert car.call("POST", "/classify", both)[0] == 422
 
     # Stored rows get their cluster: one message, a JSON batch, a binary body, ZMQ.
     status, body = car.call(
@@ -86,6 +88,21 @@ def test_classify_and_classify_as_stored(
     )
     assert status == 200
     assert body["classification"]["manifold"]["cluster_id"] == want[0]
+    # A carried cluster is kept, and the reply says so; a carried -1 (the seed's "none") is not.
+    status, body = car.call("POST", "/fingerprint", {
+        "request_id": "carried", "step": 0, "vector": fps[1].tolist(),
+        "manifold": {"cluster_id": 42, "cluster_probability": 0.5}})  # fmt: skip
+    assert body["classification"]["manifold"]["cluster_id"] == 42
+    car.call(
+        "POST",
+        "/fingerprint",
+        {
+            "request_id": "carried",
+            "step": 1,
+            "vector": fps[1].tolist(),
+            "manifold": {"cluster_id": -1},
+        },
+    )
     batch = [{"request_id": "json", "step": i, "vector": fps[i].tolist()} for i in range(10)]
     assert car.call("POST", "/fingerprints", batch)[1]["stored"] == 10
     status, body = car.call(
@@ -109,6 +126,7 @@ def test_classify_and_classify_as_stored(
     car.call("POST", "/storage/flush")
     rows = stored(car.db)
     assert rows[("one", 0)] == want[0]
+    assert (rows[("carried", 0)], rows[("carried", 1)]) == (42, want[1])
     assert [rows[("json", i)] for i in range(10)] == want[:10]
     assert [rows[("bin", i)] for i in range(10)] == want[10:20]
     assert [rows[("zmq", i)] for i in range(20, 40)] == want[20:40]

@@ -12,7 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from attnfast.cli._app import (
-    Overwrite,
     app,
     console,
     err_console,
@@ -20,7 +19,6 @@ from attnfast.cli._app import (
     user_errors,
 )
 from attnfast.cli.store_cmds import Db, LayoutName
-from attnfast.exceptions import MissingFileError
 
 
 @app.command()
@@ -61,8 +59,6 @@ def discover(
     from attnfast.discovery import run_discovery
 
     with user_errors(), removed_on_failure(output):
-        if not db.is_file():
-            raise MissingFileError(f"--db {db}: no such database")
         result = run_discovery(
             db,
             output,
@@ -132,15 +128,15 @@ def report(
     ] = None,
     format: Annotated[ReportFormat, typer.Option(help="table or json.")] = ReportFormat.table,
     png: Annotated[Path | None, typer.Option(help="Folder for zones.png, embedding.png.")] = None,
-    overwrite: Overwrite = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the PNGs in --png if they exist.")
+    ] = False,
 ) -> None:
     """Zones over time, cluster growth, clusters with their labels, the latest run's stages;
     optionally PNG plots of zone shares and of the embedding by cluster."""
     from attnfast.discovery.report import build_report, write_plots
 
     with user_errors():
-        if not db.is_file():
-            raise MissingFileError(f"--db {db}: no such database")
         content = build_report(db, discovery)
         written: list[Path] = []
         if png is not None:
@@ -177,6 +173,11 @@ def report(
             + (f" ({run['error_message']})" if run["error_message"] else "")
         )
     if "discovery" in content:
+        if run is not None and run["run_id"] != content["discovery"]["run_id"]:
+            console.print(
+                f"note: --discovery shows run {content['discovery']['run_id']}; the database's "
+                f"newest run is {run['run_id']} (its tables above are that run's)"
+            )
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in content["discovery"]["stages"].items())
         console.print(f"stages of {content['discovery']['run_id']}: {stages}")
     for p in written:

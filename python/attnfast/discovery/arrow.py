@@ -51,6 +51,11 @@ def fingerprint_values(table: Any, column: str = "fingerprint") -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if not isinstance(table, pa.Table | pa.RecordBatch):
+        raise InvalidInputError(
+            f"classify_arrow takes a pyarrow Table or RecordBatch, got {type(table).__name__} "
+            "(pyarrow.Table.from_pandas converts a DataFrame)"
+        )
     if column not in table.column_names:
         raise InvalidInputError(
             f"the table has no {column!r} column (columns: {', '.join(table.column_names)})"

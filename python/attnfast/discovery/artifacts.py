@@ -112,8 +112,12 @@ def resolve_run(discovery_dir: str | Path) -> Path:
     latest = d / "latest"
     if latest.is_symlink() or latest.exists():
         target = latest.resolve()
+        if not target.is_dir():
+            raise ArtifactError(f"{latest} points to {target}, which does not exist")
         if not (target / "manifest.json").is_file():
-            raise ArtifactError(f"{latest} points to {target}, which is not a run folder")
+            raise ArtifactError(
+                f"{latest} points to {target}, which has no manifest.json (not a finished run)"
+            )
         return target
     runs = run_folders(d)
     if not runs:

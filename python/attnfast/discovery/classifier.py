@@ -45,6 +45,11 @@ def load_run(run_dir: Path, *, trust_pickle: bool = False) -> LoadedRun:
     del trust_pickle
     manifest = artifacts.read_manifest(run_dir)
     core = _core.Classifier.load(str(run_dir))
+    if core.layout != manifest.get("layout"):
+        raise ArtifactError(
+            f"{run_dir}: manifest.json says layout {manifest.get('layout')!r}, model.json says "
+            f"{core.layout!r}"
+        )
     import pyarrow.parquet as pq
 
     try:
@@ -163,9 +168,17 @@ class SidecarClassifier:
         self._maybe_reload()
         run = self._run
         try:
-            fp = np.ascontiguousarray(np.asarray(vec, dtype=np.float32).reshape(-1))
+            if vec is None:
+                raise ShapeError(f"a fingerprint is a list of {FINGERPRINT_DIM} numbers, got None")
+            fp = np.asarray(vec, dtype=np.float32)
+            if fp.ndim != 1:
+                raise ShapeError(
+                    f"a fingerprint is a list of {FINGERPRINT_DIM} numbers, got an array of "
+                    f"shape {fp.shape} (classify_batch takes many)"
+                )
             if fp.shape[0] != FINGERPRINT_DIM:
                 raise ShapeError(f"a fingerprint has {FINGERPRINT_DIM} values, got {fp.shape[0]}")
+            fp = np.ascontiguousarray(fp)
             _, _, cluster, probability = run.core.assign_one(fp)
         except (ValueError, TypeError) as e:
             return _error_result(str(e))

@@ -36,6 +36,10 @@ from attnfast.store import FingerprintStore
 #: Sample points that vote on the placement of a fingerprint, and index leaves searched.
 NEIGHBOURS = 10
 SEARCH_LEAVES = 1
+#: The longest window that --hours takes (about a century).
+MAX_HOURS = 876_000
+#: Seeds the libraries take (numpy's and scikit-learn's random_state).
+MAX_SEED = 2**32 - 1
 #: Rows placed per progress update.
 CHUNK = 200_000
 
@@ -108,8 +112,14 @@ class Parameters:
             raise InvalidInputError(f"umap_neighbors must be at least 2, got {self.umap_neighbors}")
         if not isinstance(self.umap_min_dist, int | float) or not 0 <= self.umap_min_dist <= 1:
             raise InvalidInputError(f"umap_min_dist must be in [0, 1], got {self.umap_min_dist!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise InvalidInputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise InvalidInputError(
+                f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}"
+            )
         Layout.of(self.layout)
 
 
@@ -185,6 +195,37 @@ def _new_run_id(output: Path, store: FingerprintStore) -> str:
     return run_id
 
 
+def existing_database(db: str | Path) -> Path:
+    """A fingerprint database to read: it must exist and hold a store (attnfast's or the
+    seed's). Reading jobs never turn an empty or foreign file into one."""
+    import sqlite3
+
+    db = Path(db)
+    if db.is_dir():
+        raise InvalidInputError(f"{db} is a folder, not a database")
+    if not db.is_file():
+        raise MissingFileError(f"{db}: no such database")
+    if db.stat().st_size == 0:
+        raise InvalidInputError(f"{db} is an empty file, not a fingerprint database")
+    # Read-only, and without a -wal file beside it also immutable: then SQLite creates no -wal
+    # and -shm files (a failed command leaves nothing new) and the main file holds everything.
+    # With one, the database is in use or not checkpointed: read it as SQLite reads it.
+    immutable = "" if db.with_name(db.name + "-wal").exists() else "&immutable=1"
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro{immutable}", uri=True)
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise InvalidInputError(f"{db} is not an SQLite database ({e})") from None
+    if not names & {"af_meta", "fingerprints"}:
+        raise InvalidInputError(
+            f"{db} holds no fingerprints (no fingerprint store in it): nothing to discover"
+        )
+    return db
+
+
 def _window(hours: float | None, since: Any, until: Any) -> tuple[int, int]:
     if hours is not None and (since is not None or until is not None):
         raise InvalidInputError("give --hours or --since/--until, not both")
@@ -193,8 +234,11 @@ def _window(hours: float | None, since: Any, until: Any) -> tuple[int, int]:
         start = to_us(since, "since")
     else:
         h = 24.0 if hours is None else hours
-        if isinstance(h, bool) or not isinstance(h, int | float) or not h > 0:
-            raise InvalidInputError(f"hours must be a positive number, got {hours!r}")
+        # At most about a century: beyond it the window starts before 1970.
+        if isinstance(h, bool) or not isinstance(h, int | float) or not 0 < h <= MAX_HOURS:
+            raise InvalidInputError(
+                f"hours must be a positive number of at most {MAX_HOURS:,}, got {hours!r}"
+            )
         start = end - int(h * 3600e6)
     check_window(start, end)
     if start >= end:
@@ -243,9 +287,7 @@ def run_discovery(
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise InvalidInputError(f"keep must be a positive integer, got {keep!r}")
     start_us, end_us = _window(hours, since, until)
-    db = Path(db)
-    if not db.is_file():
-        raise MissingFileError(f"{db}: no such database")
+    db = existing_database(db)
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise InvalidInputError(f"--output {output} is a file, not a folder")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from attnfast.discovery import artifacts
-from attnfast.exceptions import InvalidInputError, MissingFileError
+from attnfast.exceptions import InvalidInputError
 from attnfast.store import FingerprintStore
 
 #: PNG files a report writes.
@@ -24,9 +24,9 @@ MAX_POINTS = 200_000
 
 def build_report(db: str | Path, discovery_dir: str | Path | None = None) -> dict[str, Any]:
     """The report's content as plain data (what ``--format json`` prints)."""
-    db = Path(db)
-    if not db.is_file():
-        raise MissingFileError(f"{db}: no such database")
+    from attnfast.discovery.job import existing_database
+
+    db = existing_database(db)
     with FingerprintStore(db) as store:
         zones = store.sql("SELECT * FROM zone_distribution_hourly ORDER BY hour")
         growth = store.sql("SELECT * FROM cluster_growth ORDER BY day, cluster_id")
@@ -48,7 +48,7 @@ def build_report(db: str | Path, discovery_dir: str | Path | None = None) -> dic
     }
     if discovery_dir is not None:
         run = artifacts.resolve_run(discovery_dir)
-        manifest = artifacts.read_manifest(run, verify=False)
+        manifest = artifacts.read_manifest(run)  # sizes and checksums: a damaged run says so
         report["discovery"] = {
             "run_dir": str(run),
             "run_id": manifest["run_id"],
@@ -82,7 +82,11 @@ def write_plots(report: dict[str, Any], out: Path, overwrite: bool = False) -> l
     shares = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(9, 4))
     if hours:
-        ax.stackplot(range(len(hours)), shares, labels=names)
+        # Stacked bars, not an area: one hour of data (a new store) must still show.
+        bottom = np.zeros(len(hours))
+        for i, name in enumerate(names):
+            ax.bar(range(len(hours)), shares[i], bottom=bottom, width=0.9, label=name)
+            bottom += shares[i]
         step = max(1, len(hours) // 8)
         ax.set_xticks(
             range(0, len(hours), step), [hours[i][5:16] for i in range(0, len(hours), step)]
@@ -110,7 +114,19 @@ def write_plots(report: dict[str, Any], out: Path, overwrite: bool = False) -> l
         noise = c < 0
         ax.scatter(x[noise], y[noise], s=1, c="lightgrey", label="noise")
         ax.scatter(x[~noise], y[~noise], s=1, c=c[~noise], cmap="tab20")
-        ax.set_title(f"Run {report['discovery']['run_id']}: 2-D embedding by cluster")
+        # Each cluster's id at its median, to match the colours with the report's table.
+        for cid in np.unique(c[~noise]).tolist():
+            ax.text(
+                float(np.median(x[c == cid])),
+                float(np.median(y[c == cid])),
+                str(cid),
+                fontsize=9,
+                weight="bold",
+                ha="center",
+                va="center",
+            )
+        shown = "noise in grey" if noise.any() else "no noise"
+        ax.set_title(f"Run {report['discovery']['run_id']}: 2-D embedding by cluster ({shown})")
         ax.set_xticks([])
         ax.set_yticks([])
         fig.tight_layout()

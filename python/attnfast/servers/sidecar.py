@@ -361,6 +361,14 @@ def create_app(sidecar: Sidecar) -> Any:
             classification = classifier.classify(vector)
         else:
             classification = rule_classification(vector, layout)
+        # The row keeps a cluster its message carries (docs/discovery.md): say so.
+        carried = (message.get("manifold") or {}).get("cluster_id")
+        if isinstance(carried, int) and carried >= 0:
+            classification["manifold"]["cluster_id"] = carried
+            classification["manifold"]["cluster_probability"] = (message.get("manifold") or {}).get(
+                "cluster_probability"
+            )
+            classification["source"] = "message"
         return {
             "status": "accepted" if written.stored else "duplicate",
             "stored": written.stored,
@@ -445,6 +453,8 @@ def create_app(sidecar: Sidecar) -> Any:
             raise InvalidInputError(
                 'the body must be {"vector": [20 numbers]} or {"vectors": [[20 numbers], ...]}'
             )
+        if "vector" in message and "vectors" in message:
+            raise InvalidInputError('give "vector" or "vectors", not both')
         if "vectors" in message:
             vectors = message["vectors"]
             if not isinstance(vectors, list):
@@ -452,7 +462,8 @@ def create_app(sidecar: Sidecar) -> Any:
             results = [classifier.classify(v) for v in vectors]
             bad = [i for i, r in enumerate(results) if "error" in r]
             if bad:
-                sidecar.count("http_422", error=results[bad[0]]["error"])
+                # Counted apart from refused data: nothing was offered for storing.
+                sidecar.count("classify_422", error=results[bad[0]]["error"])
                 return JSONResponse(
                     {"results": results, "error": f"vectors[{bad[0]}]: {results[bad[0]]['error']}"},
                     status_code=422,
@@ -460,7 +471,7 @@ def create_app(sidecar: Sidecar) -> Any:
             return {"results": results}
         result = classifier.classify(message["vector"])
         if "error" in result:
-            sidecar.count("http_422", error=result["error"])
+            sidecar.count("classify_422", error=result["error"])
             return JSONResponse(result, status_code=422)
         return result
 

@@ -5,7 +5,8 @@ use crate::fingerprint::FINGERPRINT_DIM;
 use crate::store::batch::Batch;
 
 /// Gives each row of `batch` that carries no cluster of its own the classifier's cluster and
-/// probability. Rows of another layout, rows the caller flags invalid and rows that are not
+/// probability. A carried `-1` counts as none: it is the seed's default for "not clustered",
+/// which the SGLang side sends on every row. Rows of another layout, rows the caller flags invalid and rows that are not
 /// vectors of the layout are left as they are (the store's checks refuse or flag those).
 pub fn classify_batch(classifier: &Classifier, batch: &mut Batch) {
     if batch.layout != classifier.layout() {
@@ -18,7 +19,7 @@ pub fn classify_batch(classifier: &Classifier, batch: &mut Batch) {
     let mut ids = Vec::with_capacity(n);
     let mut probabilities = Vec::with_capacity(n);
     for r in 0..n {
-        let given = given_ids.as_ref().and_then(|c| c[r]);
+        let given = given_ids.as_ref().and_then(|c| c[r]).filter(|&c| c >= 0);
         let given_probability = given_p.as_ref().map_or(f64::NAN, |p| p[r]);
         if given.is_some() || flagged.is_some_and(|f| f[r]) {
             ids.push(given);
