@@ -18,6 +18,7 @@ from typing import Any
 from attnfast import _core
 from attnfast.capture_file import CaptureFile, CaptureWriter
 from attnfast.exceptions import (
+    ArtifactError,
     AttentionValueError,
     AttnfastError,
     BlobError,
@@ -28,7 +29,6 @@ from attnfast.exceptions import (
     DuplicateStepError,
     InvalidInputError,
     LayoutError,
-    ArtifactError,
     MissingFileError,
     ShapeError,
     StoreError,
@@ -72,6 +72,7 @@ __all__ = [
     "FINGERPRINT_DIM",
     "FINGERPRINT_FIELDS",
     "ZONES",
+    "ArtifactError",
     "AttentionValueError",
     "AttnfastError",
     "BlobError",
@@ -87,7 +88,6 @@ __all__ = [
     "InvalidInputError",
     "Layout",
     "LayoutError",
-    "ArtifactError",
     "MissingFileError",
     "ShapeError",
     "StepRecord",
