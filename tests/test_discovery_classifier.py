@@ -221,7 +221,7 @@ def test_pickles_are_never_loaded(discovery_runs: Runs, tmp_path: Path) -> None:
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["files"] = file_entries(d)  # the manifest rewritten to match
     (d / "manifest.json").write_text(json.dumps(manifest))
-    c = SidecarClassifier(d, trust_pickle=False)
+    c = SidecarClassifier(d)
     assert c.classify(discovery_runs.fps[0])["manifold"]["cluster_id"] >= -1
     assert not marker.exists()
 

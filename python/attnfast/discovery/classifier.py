@@ -39,10 +39,9 @@ class LoadedRun:
     loaded_at: float
 
 
-def load_run(run_dir: Path, *, trust_pickle: bool = False) -> LoadedRun:
-    """Checks and loads one run folder. ``trust_pickle`` is accepted for the seed's joblib
-    files and changes nothing here: the classifier never needs them."""
-    del trust_pickle
+def load_run(run_dir: Path) -> LoadedRun:
+    """Checks and loads one run folder. Nothing pickled is read: the classifier needs none of
+    the seed's joblib files (``artifacts.load_joblib`` reads them, on explicit trust)."""
     manifest = artifacts.read_manifest(run_dir)
     core = _core.Classifier.load(str(run_dir))
     if core.layout != manifest.get("layout"):
@@ -110,8 +109,6 @@ class SidecarClassifier:
         self,
         discovery_dir: str | Path,
         reload_interval_seconds: float = 300,
-        *,
-        trust_pickle: bool = False,
     ) -> None:
         if (
             isinstance(reload_interval_seconds, bool)
@@ -123,11 +120,10 @@ class SidecarClassifier:
             )
         self.discovery_dir = Path(discovery_dir)
         self.reload_interval_seconds = float(reload_interval_seconds)
-        self._trust_pickle = trust_pickle
         self._lock = threading.Lock()
         self._count = 0
         self._reloads = 0
-        self._run = load_run(artifacts.resolve_run(self.discovery_dir), trust_pickle=trust_pickle)
+        self._run = load_run(artifacts.resolve_run(self.discovery_dir))
         self._checked = time.monotonic()
 
     # -- runs ----------------------------------------------------------------------------------
@@ -149,7 +145,7 @@ class SidecarClassifier:
             manifest = artifacts.read_manifest(run_dir, verify=False)
             if manifest.get("run_id") == self._run.run_id and run_dir == self._run.run_dir:
                 return False
-            self._run = load_run(run_dir, trust_pickle=self._trust_pickle)
+            self._run = load_run(run_dir)
             self._reloads += 1
             return True
 
