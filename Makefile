@@ -28,6 +28,9 @@ $(DEPS_STAMP): pyproject.toml scripts/requirements.py
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PYTHON) scripts/requirements.py $(EXTRAS) > $(VENV)/requirements.txt
 	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements.txt
+	# circuit-tracer's own graph model validates exports in the tests; its full dependency set
+	# (transformer-lens, nnsight) is gigabytes and unused, so only the package itself.
+	$(BIN)/python -m pip install --quiet --no-deps "circuit-tracer==0.5.0"
 	touch $@
 
 # Always rebuilt (cargo makes it incremental), so tests never import a stale extension.
@@ -62,6 +65,7 @@ bench: build
 	$(BIN)/python benches/bench_store.py
 	$(BIN)/python benches/bench_capture.py
 	$(BIN)/python benches/bench_discovery.py
+	$(BIN)/python benches/bench_attributions.py
 
 clean:
 	rm -rf $(VENV) target python/attnfast/*.so

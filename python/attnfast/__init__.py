@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from attnfast import _core
+from attnfast.attributions import AttributionGraph, LocalAttrDB
 from attnfast.capture_file import CaptureFile, CaptureWriter
 from attnfast.exceptions import (
     ArtifactError,
@@ -27,6 +28,7 @@ from attnfast.exceptions import (
     DecodeError,
     DtypeError,
     DuplicateStepError,
+    GraphError,
     InvalidInputError,
     LayoutError,
     MissingFileError,
@@ -75,6 +77,7 @@ __all__ = [
     "ArtifactError",
     "AttentionValueError",
     "AttnfastError",
+    "AttributionGraph",
     "BlobError",
     "Capture",
     "CaptureError",
@@ -85,9 +88,11 @@ __all__ = [
     "DtypeError",
     "DuplicateStepError",
     "FingerprintStore",
+    "GraphError",
     "InvalidInputError",
     "Layout",
     "LayoutError",
+    "LocalAttrDB",
     "MissingFileError",
     "ShapeError",
     "StepRecord",

@@ -152,6 +152,37 @@ def _capture(console: Console) -> None:
         if rows != 64 or len(f) != 64:
             raise attnfast.AttnfastError("capture lost steps")
         _discover(console, db, Path(tmp) / "runs")
+        _attributions(console, Path(tmp) / "attributions.db")
+
+
+def _attributions(console: Console, db: Path) -> None:
+    """A small attributions database from the built-in model, and a search on it."""
+    from attnfast.attributions import LocalAttrDB
+    from attnfast.attributions.generate import generate
+
+    console.print(
+        "\n[bold]Attributions[/bold]: 8 prompts of the built-in corpus, 12 tokens each, "
+        "gradient x activation between components"
+    )
+    r = generate("builtin", db, n_prompts=8, n_ctx=12, ci_threshold=2.0, attr_threshold=0.05)
+    with LocalAttrDB(db, create=False) as store:
+        graph = store.get_graph(1)
+        assert graph is not None
+        size = sum(len(g.blob) for i in range(1, r.stored + 1) if (g := store.get_graph(i)))
+        # Two components active on about half of the prompts each: a search worth showing.
+        counts = {
+            k: len(store.find_prompts_with_components([k])) for k in store.get_unique_components()
+        }
+        keys = sorted(counts, key=lambda k: abs(counts[k] - r.stored / 2))[:2]
+        found = store.find_prompts_with_components(keys)
+        top = graph.edges(top_k=3, normalize=True)
+    console.print(
+        f"{r.stored} prompts in {r.seconds:.1f}s; prompt 1's graph: {graph.n_edges:,} edges in "
+        f"{len(graph.blob) / 1e3:.0f} kB (all graphs {size / 1e6:.1f} MB)"
+    )
+    console.print(f"Prompts where {keys[0]} and {keys[1]} fire together: {found}")
+    for e in top:
+        console.print(f"  {e['src']} -> {e['tgt']}: {e['val']:+.3f} (normalised)")
 
 
 def _discover(console: Console, db: Path, runs: Path) -> None:

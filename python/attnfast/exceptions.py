@@ -67,6 +67,12 @@ class ArtifactError(AttnfastError, ValueError):
     names the file; run discovery again to replace it."""
 
 
+class GraphError(AttnfastError, ValueError):
+    """An attribution graph that cannot be stored or read: a blob that is damaged or not a graph,
+    a repeated node or edge, a value that is not finite. Read from a database, the message names
+    the prompt."""
+
+
 class CaptureError(AttnfastError):
     """A model whose attention cannot be captured, or capture options that do not fit it; the
     message says which module and what to change."""
@@ -82,6 +88,7 @@ __all__ = [
     "DecodeError",
     "DtypeError",
     "DuplicateStepError",
+    "GraphError",
     "InvalidInputError",
     "LayoutError",
     "MissingFileError",

@@ -4,6 +4,7 @@ itself on :data:`app`."""
 from __future__ import annotations
 
 from attnfast.cli import (  # noqa: F401  (registers commands)
+    attributions_cmds,
     capture_cmds,
     core_cmds,
     discovery_cmds,

@@ -89,7 +89,7 @@ def new_output(path: Path, overwrite: bool) -> None:
         raise MissingFileError(f"--out {path}: the folder {path.parent} does not exist")
 
 
-def _companions(path: Path) -> list[Path]:
+def companions(path: Path) -> list[Path]:
     """A file and the files SQLite keeps beside a database."""
     return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]
 
@@ -99,7 +99,7 @@ def removed_on_failure(*paths: Path) -> Iterator[None]:
     """Removes, if the block fails, each of ``paths`` (files or folders, and a database's
     ``-wal``/``-shm``) that did not exist when it started: a failed command leaves nothing
     new behind. What existed before is left as it is."""
-    new = [p for path in paths for p in _companions(path) if not p.exists()]
+    new = [p for path in paths for p in companions(path) if not p.exists()]
     try:
         yield
     except BaseException:

@@ -42,6 +42,10 @@ pub enum CoreError {
     /// inconsistent with its manifest; the message names the file.
     #[error("{0}")]
     Artifact(String),
+    /// An attribution graph blob that cannot be decoded, or a graph that cannot be encoded (a
+    /// repeated node or edge, a value that is not finite); the message says what and where.
+    #[error("{0}")]
+    Graph(String),
 }
 
 impl From<rusqlite::Error> for CoreError {

@@ -21,6 +21,7 @@ pub mod capture;
 pub mod discovery;
 pub mod error;
 pub mod fingerprint;
+pub mod graph;
 pub mod layout;
 pub mod pack;
 pub mod parallel;

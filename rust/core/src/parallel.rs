@@ -88,6 +88,37 @@ where
     first_error.map_or(Ok(()), |(_, e)| Err(e))
 }
 
+/// Sorts by key, on the pool when the slice is large (and serially in a forked child).
+pub fn sort_unstable_by_key<T, K, F>(v: &mut [T], key: F)
+where
+    T: Send,
+    K: Ord,
+    F: Fn(&T) -> K + Sync + Send,
+{
+    match pool() {
+        Some(pool) if !FORKED.load(Ordering::SeqCst) && v.len() >= MIN_PARALLEL_WORK => {
+            pool.install(|| v.par_sort_unstable_by_key(key));
+        }
+        _ => v.sort_unstable_by_key(key),
+    }
+}
+
+/// `f(i)` for `i` in `0..n`, in order, on the pool when there are several and `work` (input
+/// values in all) is large enough (serially in a forked child). The first error by index is
+/// returned.
+pub fn try_map<R, F>(n: usize, work: usize, f: F) -> Result<Vec<R>>
+where
+    R: Send,
+    F: Fn(usize) -> Result<R> + Sync + Send,
+{
+    match pool() {
+        Some(pool) if !FORKED.load(Ordering::SeqCst) && n > 1 && work >= MIN_PARALLEL_WORK => {
+            pool.install(|| (0..n).into_par_iter().map(&f).collect())
+        }
+        _ => (0..n).map(f).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

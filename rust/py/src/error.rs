@@ -16,6 +16,7 @@ pyo3::import_exception!(attnfast.exceptions, CaptureFileError);
 pyo3::import_exception!(attnfast.exceptions, MissingFileError);
 pyo3::import_exception!(attnfast.exceptions, DtypeError);
 pyo3::import_exception!(attnfast.exceptions, ArtifactError);
+pyo3::import_exception!(attnfast.exceptions, GraphError);
 
 /// The Python exception for a core error.
 pub fn to_py_err(e: CoreError) -> PyErr {
@@ -31,6 +32,7 @@ pub fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Capture(m) => CaptureFileError::new_err(m),
         CoreError::Missing(m) => MissingFileError::new_err(m),
         CoreError::Artifact(m) => ArtifactError::new_err(m),
+        CoreError::Graph(m) => GraphError::new_err(m),
     }
 }
 

@@ -5,6 +5,7 @@ mod capture;
 mod discovery;
 mod error;
 mod fingerprint;
+mod graph;
 mod messages;
 mod pack;
 mod step;
@@ -24,6 +25,8 @@ mod _core {
     use discovery::PyClassifier;
     #[pymodule_export]
     use fingerprint::{fingerprints_f16, fingerprints_f32, fingerprints_topk, set_simd_limit};
+    #[pymodule_export]
+    use graph::{PyComponentIndex, PyGraphBlob, encode_graph, order_layers, seed_pairs_graph};
     #[pymodule_export]
     use messages::PyMessageDecoder;
     #[pymodule_export]
