@@ -127,11 +127,22 @@ def _work(job: _Job, prompts: list[tuple[list[int], list[str]]], done: Any) -> N
         importance=load_importance(job.importance),
         values=job.values,
     )
+    _store_all(job, attributor, prompts, done.put)
+
+
+def _store_all(
+    job: _Job,
+    attributor: Any,
+    prompts: list[tuple[list[int], list[str]]],
+    tick: Callable[[int], None],
+) -> None:
+    """Computes and stores each prompt, one transaction each; `tick(0)` for one another
+    process stored meanwhile, `tick(1)` for one stored here."""
     with LocalAttrDB(job.output) as db:
         for ids, labels in prompts:
             digest = prompt_digest(ids, labels)
             if db.has_digest(digest):
-                done.put(0)
+                tick(0)
                 continue
             r = attributor.run(ids, graph=job.graphs)
             db.add_prompt(
@@ -143,17 +154,7 @@ def _work(job: _Job, prompts: list[tuple[list[int], list[str]]], done: Any) -> N
                 digest=digest,
                 source=job.model,
             )
-            done.put(1)
-
-
-class _Counter:
-    """The in-process stand-in for a worker's queue."""
-
-    def __init__(self, tick: Callable[[int], None]) -> None:
-        self.tick = tick
-
-    def put(self, n: int) -> None:
-        self.tick(n)
+            tick(1)
 
 
 def activation_contexts(
@@ -301,19 +302,7 @@ def generate(
 def _work_here(
     job: _Job, attributor: Any, pending: list[tuple[list[int], list[str]]], bar: _Progress
 ) -> None:
-    with LocalAttrDB(job.output) as db:
-        for ids, labels in pending:
-            r = attributor.run(ids, graph=job.graphs)
-            db.add_prompt(
-                labels,
-                r.active,
-                graph=r.graph,
-                token_ids=ids,
-                output_probs=r.output_probs,
-                digest=prompt_digest(ids, labels),
-                source=job.model,
-            )
-            bar.tick(1)
+    _store_all(job, attributor, pending, bar.tick)
 
 
 def _work_spawned(
