@@ -62,7 +62,10 @@ pub fn select(reader: &GraphReader, sel: &Selection<'_>) -> Result<Edges> {
         }
     }
     out.truncate(k);
-    if out.len() < k && sel.keep.is_some() && needed < reader.n_chunks() {
+    if let Some(keep) = sel.keep
+        && out.len() < k
+        && needed < reader.n_chunks()
+    {
         // The node filter dropped edges: read on, chunk by chunk, until k are kept.
         for i in needed..reader.n_chunks() {
             if out.len() >= k || reader.chunk_max_abs(i) < sel.min_abs {
@@ -75,7 +78,6 @@ pub fn select(reader: &GraphReader, sel: &Selection<'_>) -> Result<Edges> {
                 if v.abs() < sel.min_abs || out.len() >= k {
                     break;
                 }
-                let keep = sel.keep.expect("checked above");
                 if keep[s as usize] && keep[t as usize] {
                     out.src.push(s);
                     out.tgt.push(t);
