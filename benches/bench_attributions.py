@@ -183,7 +183,8 @@ def generated_graph() -> AttributionGraph:
 
     model, tok, _ = load_model("builtin")
     text = "Secondary factors include A and B. By the way, it's a nice day today."
-    return Attributor(model, ci_threshold=1.0, attr_threshold=0.015).run(tok.encode(text)[:32]).graph
+    attributor = Attributor(model, ci_threshold=1.0, attr_threshold=0.015)
+    return attributor.run(tok.encode(text)[:32]).graph
 
 
 def top(g: AttributionGraph, k: int) -> AttributionGraph:
