@@ -269,6 +269,8 @@ class Attributor:
             masks[spec.name] = mask
             # Per active channel: its largest importance and its positions, in one pass.
             cols = np.flatnonzero(mask.any(axis=0))
+            if not len(cols):
+                continue  # np.split of nothing still yields one piece
             top = np.where(mask, imp_np, -np.inf).max(axis=0)[cols]
             rows, pos = np.nonzero(mask[:, cols].T)
             per = np.split(pos, np.cumsum(np.bincount(rows, minlength=len(cols)))[:-1])
